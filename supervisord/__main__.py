@@ -1,0 +1,7 @@
+"""`python -m supervisord` runs the qbsupervisor command line."""
+
+import sys
+
+from supervisord.cli import main
+
+sys.exit(main())
