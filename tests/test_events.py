@@ -1,0 +1,158 @@
+"""Tests of event validation (SPEC §3.1) and the value describer used in its messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from supervisord.errors import EventError
+from supervisord.events import describe, validate_event
+
+NOW = 1764064000.0
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": "complete", "type": "job", "job": {"id": 1234}}
+    doc.update(fields)
+    return {key: value for key, value in doc.items() if value is not ...}
+
+
+def test_full_document_is_kept() -> None:
+    doc = {
+        "op": "event",
+        "event_id": "farm1-000123",
+        "name": "complete",
+        "type": "job",
+        "job": {"id": 1234, "name": "shot010", "pgrp": 1234, "pid": 0, "extra": [1]},
+        "subid": None,
+        "work": None,
+        "host": None,
+        "time": 1764064000.5,
+        "custom": {"a": 1},
+    }
+    ev = validate_event(doc, NOW)
+    assert (ev.name, ev.type, ev.job_id, ev.subid, ev.work, ev.host) == (
+        "complete",
+        "job",
+        1234,
+        None,
+        None,
+        None,
+    )
+    assert ev.time == 1764064000.5
+    assert ev.event_id == "farm1-000123"
+    assert "op" not in ev.doc
+    assert ev.doc["custom"] == {"a": 1}
+    assert ev.job == doc["job"]
+    assert ev.doc is not doc
+    assert "op" in doc  # the caller's document is not modified
+
+
+VALID = [
+    ("minimal", event(), {"job_id": 1234, "time": NOW}),
+    ("op omitted", event(op=...), {"job_id": 1234}),
+    ("job id zero", event(job={"id": 0}), {"job_id": 0}),
+    ("subjob", event(type="subjob", subid=3), {"subid": 3}),
+    ("work string", event(type="work", work="frame5"), {"work": "frame5"}),
+    ("work integer", event(type="work", work=5), {"work": "5"}),
+    ("host", event(type="host", host="node01"), {"host": "node01"}),
+    ("integer time", event(time=5), {"time": 5.0}),
+    ("null time", event(time=None), {"time": NOW}),
+    ("null event_id", event(event_id=None), {"event_id": None}),
+    ("128 char event_id", event(event_id="x" * 128), {"event_id": "x" * 128}),
+    ("subid on a work event", event(type="work", work="w", subid=2), {"subid": 2}),
+    ("done name", event(name="done"), {"name": "done"}),
+    ("dummy name", event(name="dummy"), {"name": "dummy"}),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [v[1:] for v in VALID], ids=[v[0] for v in VALID])
+def test_valid(doc: dict[str, Any], expected: dict[str, Any]) -> None:
+    ev = validate_event(doc, NOW)
+    for attribute, value in expected.items():
+        assert getattr(ev, attribute) == value
+    assert ev.doc["time"] == ev.time or ev.doc["time"] == doc.get("time")
+    if ev.work is not None:
+        assert ev.doc["work"] == ev.work
+
+
+INVALID = [
+    ("not an object", ["x"], "event", "expected a JSON object, got array"),
+    ("other op", event(op="ping"), "op", "expected 'event', got string 'ping'"),
+    ("name missing", event(name=...), "name", "got nothing"),
+    ("name unknown", event(name="finished"), "name", "got string 'finished'"),
+    ("name not a string", event(name=3), "name", "got integer 3"),
+    ("name upper case", event(name="COMPLETE"), "name", "got string 'COMPLETE'"),
+    ("type missing", event(type=...), "type", "expected an event type (job, subjob, work, host)"),
+    ("type time", event(type="time"), "type", "got string 'time'"),
+    ("type globaltime", event(type="globaltime"), "type", "got string 'globaltime'"),
+    ("job missing", event(job=...), "job", "expected an object with an 'id', got nothing"),
+    ("job not object", event(job=12), "job", "got integer 12"),
+    ("job.id missing", event(job={"name": "x"}), "job.id", "got nothing"),
+    ("job.id string", event(job={"id": "12"}), "job.id", "got string '12'"),
+    ("job.id float", event(job={"id": 12.0}), "job.id", "got float 12.0"),
+    ("job.id bool", event(job={"id": True}), "job.id", "got boolean true"),
+    ("job.id negative", event(job={"id": -1}), "job.id", "got integer -1"),
+    ("job.id null", event(job={"id": None}), "job.id", "got null"),
+    (
+        "subid missing",
+        event(type="subjob"),
+        "subid",
+        "expected a non-negative integer, got nothing",
+    ),
+    ("subid null", event(type="subjob", subid=None), "subid", "got null"),
+    ("subid float", event(type="subjob", subid=1.5), "subid", "got float 1.5"),
+    ("subid string", event(subid="1"), "subid", "got string '1'"),
+    ("subid bool", event(type="subjob", subid=False), "subid", "got boolean false"),
+    ("work missing", event(type="work"), "work", "got nothing"),
+    ("work empty", event(type="work", work=""), "work", "got string ''"),
+    ("work float", event(work=1.5), "work", "got float 1.5"),
+    ("work bool", event(type="work", work=True), "work", "got boolean true"),
+    ("work object", event(work={}), "work", "got object"),
+    ("host missing", event(type="host"), "host", "got nothing"),
+    ("host integer", event(host=5), "host", "got integer 5"),
+    ("time string", event(time="now"), "time", "expected a number (Unix seconds), got string"),
+    ("time bool", event(time=True), "time", "got boolean true"),
+    ("time nan", event(time=float("nan")), "time", "got float nan"),
+    ("event_id empty", event(event_id=""), "event_id", "1 to 128 characters, got string ''"),
+    ("event_id long", event(event_id="x" * 129), "event_id", "got string 'xxx"),
+    ("event_id integer", event(event_id=7), "event_id", "got integer 7"),
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "message"), [i[1:] for i in INVALID], ids=[i[0] for i in INVALID]
+)
+def test_invalid(doc: Any, field: str, message: str) -> None:
+    with pytest.raises(EventError) as caught:
+        validate_event(doc, NOW)
+    assert caught.value.field == field
+    assert message in caught.value.message
+    assert str(caught.value).startswith(f"{field}: expected ")
+
+
+def test_message_reads_as_in_the_brief() -> None:
+    with pytest.raises(
+        EventError, match=r"^job\.id: expected a non-negative integer, got string '12'$"
+    ):
+        validate_event(event(job={"id": "12"}), NOW)
+
+
+DESCRIBED = [
+    ("null", None, "null"),
+    ("true", True, "boolean true"),
+    ("int", 7, "integer 7"),
+    ("float", 1.5, "float 1.5"),
+    ("string", "12", "string '12'"),
+    ("long string", "y" * 50, "string '" + "y" * 37 + "...'"),
+    ("list", [1], "array"),
+    ("dict", {"a": 1}, "object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [d[1:] for d in DESCRIBED], ids=[d[0] for d in DESCRIBED]
+)
+def test_describe(value: Any, text: str) -> None:
+    assert describe(value) == text
