@@ -1,0 +1,285 @@
+"""Matching events to callbacks: the callback table, owning jobs, and per-job latches (SPEC §2)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, TypeAlias
+
+from .clock import TIME_TYPES, ClockState
+from .model import DONE_NAMES, And, Callback, Event, Expr, Firing, Term
+from .registry import JobRegistry
+
+LatchKey: TypeAlias = tuple[str, int | None]  # (callback key, owning job or None for global)
+# Candidates for one (event name, event type): callback index and the term positions.
+_Candidates: TypeAlias = tuple[tuple[int, tuple[int, ...]], ...]
+_NAMES_OF_TERM: Final = {"done": tuple(sorted(DONE_NAMES))}
+
+
+class Latches:
+    """The latched term positions of compound triggers, per (callback key, owning job)."""
+
+    def __init__(self) -> None:
+        self._sets: dict[LatchKey, frozenset[int]] = {}
+        self._owners: dict[str, set[int | None]] = {}  # callback key -> owners with latches
+        self._dirty: set[LatchKey] = set()
+        self._live: frozenset[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def get(self, key: str, owner: int | None) -> frozenset[int]:
+        return self._sets.get((key, owner), frozenset())
+
+    def set(self, key: str, owner: int | None, positions: frozenset[int]) -> None:
+        """Replace the latched positions; an empty set clears the latch."""
+        if positions == self.get(key, owner):
+            return
+        self._dirty.add((key, owner))
+        if positions:
+            self._sets[(key, owner)] = positions
+            self._owners.setdefault(key, set()).add(owner)
+            return
+        del self._sets[(key, owner)]
+        owners = self._owners[key]
+        owners.discard(owner)
+        if not owners:
+            del self._owners[key]
+
+    def drop_callbacks(self, keys: Iterable[str]) -> None:
+        """Forget every latch of these callbacks (removed or changed at reload)."""
+        for key in list(keys):
+            for owner in list(self._owners.get(key, ())):
+                self.set(key, owner, frozenset())
+
+    def adopt(self, live: frozenset[str]) -> None:
+        """Drop the latches of callbacks not in the table (removed, moved or edited)."""
+        if live is not self._live:
+            self._live = live
+            self.drop_callbacks([k for k in self._owners if k not in live])
+
+    def drop_owners(self, owners: Iterable[int]) -> None:
+        """Forget every latch owned by these jobs (expired from the registry)."""
+        gone = set(owners)
+        for key, owners_of_key in list(self._owners.items()):
+            for owner in owners_of_key & gone:
+                self.set(key, owner, frozenset())
+
+    def take_dirty(self) -> dict[LatchKey, frozenset[int] | None]:
+        """Latches changed since the last call (None = cleared); resets tracking."""
+        rows = {k: self._sets.get(k) for k in self._dirty}
+        self._dirty.clear()
+        return rows
+
+    def load(self, rows: Iterable[tuple[LatchKey, Iterable[int]]]) -> None:
+        for (key, owner), positions in rows:
+            self.set(key, owner, frozenset(positions))
+        self._dirty.clear()
+
+
+class MatchState:
+    """Everything matching remembers between events; persisted through the take_dirty calls."""
+
+    def __init__(self, retention: float) -> None:
+        self.registry = JobRegistry(retention)
+        self.latches = Latches()
+        self.clock = ClockState()
+
+    def expire(self, now: float) -> list[int]:
+        """Expire finished jobs from the registry, and drop the latches they owned."""
+        gone = self.registry.expire(now)
+        self.latches.drop_owners(gone)
+        return gone
+
+
+class Table:
+    """The loaded callbacks, in start order, indexed by the (name, type) their terms watch."""
+
+    def __init__(self, callbacks: Sequence[Callback]) -> None:
+        self.callbacks: tuple[Callback, ...] = tuple(callbacks)
+        self.by_key: dict[str, int] = {}
+        self.state_keys: tuple[str, ...] = tuple(state_key(cb) for cb in self.callbacks)
+        self.live_keys: frozenset[str] = frozenset(self.state_keys)
+        index: dict[tuple[str, str], list[tuple[int, tuple[int, ...]]]] = {}
+        timed: list[tuple[Callback, str, int, Term]] = []
+        for i, cb in enumerate(self.callbacks):
+            if sum(1 for _ in _leaves(cb.trigger)) != len(cb.terms):
+                raise ValueError(f"{cb.key}: terms do not match the trigger's terms")
+            self.by_key.setdefault(cb.key, i)
+            watched: dict[tuple[str, str], list[int]] = {}
+            for pos, term in enumerate(cb.terms):
+                if term.type in TIME_TYPES:
+                    timed.append((cb, self.state_keys[i], pos, term))
+                    continue
+                for name in _NAMES_OF_TERM.get(term.name or "", (term.name or "",)):
+                    watched.setdefault((name, term.type), []).append(pos)
+            for pair, positions in watched.items():
+                index.setdefault(pair, []).append((i, tuple(positions)))
+        self._index: dict[tuple[str, str], _Candidates] = {k: tuple(v) for k, v in index.items()}
+        # (callback, its state key, term position, term) of every time term, in table order.
+        self.time_terms: tuple[tuple[Callback, str, int, Term], ...] = tuple(timed)
+
+    def candidates(self, name: str, kind: str) -> _Candidates:
+        """(callback index, term positions) that may match an event of this name and type."""
+        return self._index.get((name, kind), ())
+
+
+def state_key(cb: Callback) -> str:
+    """The key of a callback's latches and clock state: its line and its trigger as written,
+    so that a trigger edited in place (a reload, or a restart) starts from clean state."""
+    return f"{cb.key}={cb.trigger_text}"
+
+
+def _leaves(expr: Expr) -> Iterator[Term]:
+    if isinstance(expr, Term):
+        yield expr
+        return
+    for operand in expr.operands:
+        yield from _leaves(operand)
+
+
+def holds(expr: Expr, latched: frozenset[int]) -> bool:
+    """Whether ``expr`` is true when exactly the term positions in ``latched`` hold."""
+    return _holds(expr, latched, itertools.count())
+
+
+def _holds(expr: Expr, latched: frozenset[int], positions: Iterator[int]) -> bool:
+    if isinstance(expr, Term):
+        return next(positions) in latched
+    # Evaluate every operand (no short circuit): each must consume its positions.
+    values = [_holds(operand, latched, positions) for operand in expr.operands]
+    return all(values) if isinstance(expr, And) else any(values)
+
+
+def is_compound(cb: Callback) -> bool:
+    """Whether the trigger latches (any expression) rather than fires per event (one term)."""
+    return not isinstance(cb.trigger, Term)
+
+
+def extra_matches(term: Term, event: Event) -> bool:
+    """Whether the term's extra (subjob id, work name, host) accepts the event."""
+    extra = term.extra
+    if extra is None or extra == "*" or term.type == "job":
+        return True
+    if term.type == "subjob":
+        return extra.isdecimal() and int(extra) == event.subid
+    if term.type == "work":
+        return extra == event.work
+    if term.type == "host":
+        return extra == event.host
+    return False
+
+
+class _Resolver:
+    """Resolves term contexts to owning jobs for one event about job X (SPEC §2)."""
+
+    def __init__(self, registry: JobRegistry, event: Event) -> None:
+        self.registry = registry
+        self.event = event
+        self._subject: dict[str, Any] | None = None
+
+    def subject(self) -> dict[str, Any]:
+        """X as the registry knows it with this event's job fields over it (newest wins)."""
+        if self._subject is None:
+            x = self.event.job_id
+            known = self.registry.get(x) if x is not None else None
+            self._subject = {**(known or {}), **self.event.job}
+        return self._subject
+
+    def owners(self, term: Term) -> list[int]:
+        x, context = self.event.job_id, term.context
+        if x is None or context is None:
+            return []
+        if context == "self":
+            return [x]
+        if context == "parent":
+            return self.registry.children_of(x)
+        if context.isdecimal():
+            return [x] if int(context) == x else []
+        subject = self.subject()
+        if subject.get("label") != context:
+            return []
+        pgrp = subject.get("pgrp")
+        if not isinstance(pgrp, int) or isinstance(pgrp, bool):
+            return [x]
+        return sorted({x, *self.registry.pgrp_ids(pgrp)})
+
+
+def _touched(
+    cb: Callback, positions: tuple[int, ...], resolver: _Resolver
+) -> dict[int | None, set[int]]:
+    """Owner -> the positions of ``cb`` that this event sets for that owner."""
+    event = resolver.event
+    if event.type in TIME_TYPES:  # a clock event names its term; its owner is its job
+        return {event.job_id: set(positions)}
+    touched: dict[int | None, set[int]] = {}
+    for p in positions:
+        term = cb.terms[p]
+        if extra_matches(term, event):
+            for owner in resolver.owners(term):
+                touched.setdefault(owner, set()).add(p)
+    return touched
+
+
+def _owner_order(owner: int | None) -> tuple[bool, int]:
+    return (owner is not None, owner or 0)
+
+
+def _fire(
+    cb: Callback, key: str, touched: dict[int | None, set[int]], latches: Latches, dry_run: bool
+) -> Iterator[Firing]:
+    for owner in sorted(touched, key=_owner_order):
+        if not is_compound(cb):
+            yield Firing(cb, owner, (str(cb.terms[0]),))
+            continue
+        latched = latches.get(key, owner) | touched[owner]
+        fired = holds(cb.trigger, latched)
+        if fired:
+            yield Firing(cb, owner, tuple(str(cb.terms[p]) for p in sorted(latched)))
+        if not dry_run:
+            latches.set(key, owner, frozenset() if fired else latched)
+
+
+def _clock_candidates(table: Table, event: Event) -> _Candidates:
+    key, position = event.doc.get("callback"), event.doc.get("term")
+    i = table.by_key.get(key) if isinstance(key, str) else None
+    if i is None or not isinstance(position, int):
+        return ()
+    terms = table.callbacks[i].terms
+    if not 0 <= position < len(terms) or terms[position].type != event.type:
+        return ()
+    return ((i, (position,)),)
+
+
+def match(table: Table, state: MatchState, event: Event, *, dry_run: bool = False) -> list[Firing]:
+    """The callback instances this event starts, in table order then ascending owner.
+
+    Observes the event into the registry and updates latches, unless ``dry_run``: then the
+    event's job fields are only overlaid for resolving contexts, and nothing changes.
+    """
+    if not dry_run:
+        state.latches.adopt(table.live_keys)
+        state.registry.observe(event)
+    if event.type in TIME_TYPES:
+        candidates = _clock_candidates(table, event)
+    else:
+        candidates = table.candidates(event.name, event.type)
+    resolver = _Resolver(state.registry, event)
+    firings: list[Firing] = []
+    for i, positions in candidates:
+        cb, key = table.callbacks[i], table.state_keys[i]
+        touched = _touched(cb, positions, resolver)
+        firings.extend(_fire(cb, key, touched, state.latches, dry_run))
+    return firings
+
+
+def owner_job(state: MatchState, event: Event, owner: int | None) -> dict[str, Any]:
+    """The job object a run gets as stdin ``job``: the owning job as the registry knows it."""
+    if owner is None:
+        return {}
+    job = state.registry.get(owner)
+    if job is not None:
+        return job
+    if owner == event.job_id:
+        return {**dict(event.job), "id": owner}
+    return {"id": owner}
