@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Bridge: apply the actions that universal callbacks request, using Qube's own API.
+
+qbcallbacks does not own the jobs, so when a callback calls ``qb.unblock(1234)``
+or a .qcb says ``retry-work-self`` the daemon only records the action and sends
+it to ``subscribe`` clients. This is such a client. It connects to the daemon's
+socket, sends ``{"op": "subscribe", "since": N}`` and reads action lines:
+
+    {"op": "action", "seq": 17, "callback": "x.py", "job_id": 1234,
+     "action": "unblock", "target": "1234"}
+
+With Qube's Python API importable (Qube's ``qb`` module: it has ``qb.ping`` and
+``qb.submit``, which the callback runtime's ``qb`` has not) each action is
+applied -- ``qb.unblock(1234)``, ``qb.retrywork("1234:frame5")``, ... -- else it
+is printed. On a lost connection it reconnects with ``since`` = the last seq
+seen, so nothing is missed across a daemon restart.
+
+    python3 apply_actions.py --socket /run/qbcallbacks/callbacks.sock
+    python3 apply_actions.py --config /etc/qb.conf --print     # never apply
+
+Standard library only; run it as a user that may connect to the socket
+(supervisor_event_allow_users) and that Qube lets act on the jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# Job verbs -> Qube API function; a verb missing here has no Qube API equivalent.
+JOB_API = {
+    "unblock": "unblock",
+    "block": "block",
+    "kill": "kill",
+    "retry": "retry",
+    "requeue": "requeue",
+    "complete": "retire",
+    "remove": "remove",
+    "migrate": "migrate",
+    "preempt": "preempt",
+    "interrupt": "interrupt",
+    "suspend": "suspend",
+    "resume": "resume",
+}
+# Work-item verbs ("1234:frame5" targets) -> Qube API function.
+WORK_API = {
+    "unblock": "unblockwork",
+    "block": "blockwork",
+    "kill": "killwork",
+    "retry": "retrywork",
+    "requeue": "requeuework",
+    "complete": "retirework",
+}
+# Reconnect backoff: first wait, doubled per failure up to the cap.
+RETRY_CAP_S = 30.0
+VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def plan(action: str, target: str) -> tuple[str, Any] | None:
+    """The Qube API call for one action: (function name, argument), or None if unsupported."""
+    if ":" in target:
+        name = WORK_API.get(action)
+        return (name, target) if name else None
+    name = JOB_API.get(action)
+    if name is None:
+        return None
+    return (name, int(target)) if target.isdigit() else (name, target)  # "1234.2": an instance
+
+
+def qube_api() -> Any | None:
+    """Qube's own qb module if importable (not the callback runtime's qb), else None."""
+    try:
+        module = importlib.import_module("qb")
+    except ImportError:
+        return None
+    return module if hasattr(module, "ping") and hasattr(module, "submit") else None
+
+
+def qbconf_socket(path: str) -> str | None:
+    """supervisor_event_socket from a qb.conf, $QBDIR-expanded; None if unset or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as conf:
+            lines = conf.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip().lower() == "supervisor_event_socket":
+            found = value.strip()
+            if len(found) >= 2 and found[0] == found[-1] == '"':
+                found = found[1:-1]
+    return expand(found) if found else None
+
+
+def expand(path: str) -> str:
+    """$VAR and ${VAR} from the environment (QBDIR defaults to Qube's); unknown ones kept."""
+    env = {"QBDIR": "/usr/local/pfx/qube", **os.environ}
+    return VARIABLE.sub(lambda m: env.get(m[1] or m[2], m[0]), path)
+
+
+def find_socket(args: argparse.Namespace) -> str:
+    """--socket, else the qb.conf of --config / $QB_CONF / /etc/qb.conf, else the default."""
+    if args.socket:
+        return str(args.socket)
+    for conf in (args.config, os.environ.get("QB_CONF"), "/etc/qb.conf"):
+        found = qbconf_socket(conf) if conf else None
+        if found:
+            return found
+    return expand("$QBDIR/run/callbacks.sock")
+
+
+def subscribe(path: str, since: int) -> Iterator[dict[str, Any]]:
+    """Connect, subscribe from `since`, and yield action documents until the connection ends."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(json.dumps({"op": "subscribe", "since": since}).encode() + b"\n")
+        with sock.makefile("r", encoding="utf-8") as lines:
+            reply = json.loads(lines.readline() or "null")
+            if not isinstance(reply, dict) or not reply.get("ok"):
+                raise RuntimeError(f"subscribe refused: {reply}")
+            for line in lines:
+                doc = json.loads(line)
+                if isinstance(doc, dict) and doc.get("op") == "action":
+                    yield doc
+
+
+def handle(doc: dict[str, Any], api: Any | None, out: Callable[[str], None]) -> None:
+    """Apply one action through Qube's API, or print it when there is no API."""
+    action, target = str(doc.get("action")), str(doc.get("target"))
+    what = f"seq={doc.get('seq')} callback={doc.get('callback')} {action} {target}"
+    call = plan(action, target)
+    if call is None:
+        out(f"skipped (no Qube API for {action!r} on {target!r}): {what}")
+    elif api is None:
+        out(f"would apply qb.{call[0]}({call[1]!r}): {what}")
+    else:
+        try:
+            result = getattr(api, call[0])(call[1])
+        except Exception as exc:  # one bad action must not stop the bridge
+            out(f"FAILED qb.{call[0]}({call[1]!r}): {exc}: {what}")
+        else:
+            out(f"applied qb.{call[0]}({call[1]!r}) -> {result!r}: {what}")
+
+
+def run(args: argparse.Namespace, api: Any | None) -> int:
+    """Subscribe forever (or once), reconnecting with since = the last seq seen."""
+    path, since, delay = find_socket(args), args.since, args.retry_delay
+    seen: set[str] = set()  # actions of the last seq, in case the daemon replays it
+    while True:
+        try:
+            for doc in subscribe(path, since):
+                key = json.dumps(doc, sort_keys=True)
+                if doc.get("seq") == since and key in seen:
+                    continue
+                if doc.get("seq") != since:
+                    since, seen = int(doc.get("seq", since)), set()
+                seen.add(key)
+                handle(doc, api, lambda text: print(text, flush=True))
+                delay = args.retry_delay
+            print(f"connection to {path} closed (last seq {since})", flush=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"cannot subscribe at {path}: {exc}", file=sys.stderr, flush=True)
+            if args.once:
+                return 1
+        if args.once:
+            return 0
+        time.sleep(delay)  # reconnect backoff, not synchronisation
+        delay = min(max(delay * 2, 0.5), RETRY_CAP_S) if delay else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", help="the daemon's socket (default: from qb.conf)")
+    parser.add_argument("--config", help="qb.conf to read supervisor_event_socket from")
+    parser.add_argument("--since", type=int, default=0, help="send actions after this seq")
+    parser.add_argument("--once", action="store_true", help="exit when the connection ends")
+    parser.add_argument("--retry-delay", type=float, default=1.0, help="first reconnect wait")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="require Qube's API and apply")
+    mode.add_argument("--print", action="store_true", help="only print, never apply")
+    args = parser.parse_args(argv)
+    api = None if args.print else qube_api()
+    if args.apply and api is None:
+        print("--apply: Qube's Python API (import qb) is not available", file=sys.stderr)
+        return 2
+    print(f"{'applying' if api else 'printing'} actions from {find_socket(args)}", flush=True)
+    try:
+        return run(args, api)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
