@@ -182,3 +182,6 @@ class Settings:
     python_mode: str  # supervisor_callback_python_mode: "forkserver" | "fresh"
     log_level: str  # supervisor_callback_log_level [info]
     mail: MailSettings = field(default_factory=MailSettings)
+    # supervisor_callback_journal_sync [full]: SQLite synchronous mode of the journal. Only
+    # `full` makes the acknowledgement promise; `off` exists to measure what fsync costs.
+    journal_sync: str = "full"

@@ -193,6 +193,11 @@ _KEYS: Final[dict[str, tuple[str, Callable[[str], Any], bool]]] = {
         _choice({"forkserver": "forkserver", "fresh": "fresh"}, "forkserver or fresh"),
         False,
     ),
+    "supervisor_callback_journal_sync": (
+        "journal_sync",
+        _choice({"full": "full", "normal": "normal", "off": "off"}, "full, normal or off"),
+        False,
+    ),
     "supervisor_callback_log_level": (
         "log_level",
         _choice({level: level for level in LOG_LEVELS}, f"a log level ({', '.join(LOG_LEVELS)})"),
@@ -241,6 +246,7 @@ def _defaults(qbdir: str, default_python: str) -> dict[str, Any]:
         "history_retention": 2592000.0,
         "python_mode": "forkserver",
         "log_level": "info",
+        "journal_sync": "full",
     }
 
 
@@ -254,7 +260,9 @@ def parse_qbconf(text: str, path: str, env: Mapping[str, str], default_python: s
     - ``supervisor_callback_history_retention`` [2592000]: seconds of run history kept;
     - ``supervisor_callback_python_mode`` [forkserver]: ``forkserver`` starts Python callbacks
       from a preloaded interpreter, ``fresh`` starts a new interpreter for every run;
-    - ``supervisor_callback_log_level`` [info]: debug, info, warning, error or critical.
+    - ``supervisor_callback_log_level`` [info]: debug, info, warning, error or critical;
+    - ``supervisor_callback_journal_sync`` [full]: the journal's SQLite synchronous mode; only
+      ``full`` keeps the promise that an acknowledged event survives a crash of the machine.
 
     An empty value (``key =``) counts as if the key were absent: its default applies.
     """

@@ -1,0 +1,306 @@
+"""The daemon: startup, main loop, shutdown, and the life of one run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supervisord import __version__
+from supervisord.errors import ConfigError, ConfigErrors, StoreError
+from supervisord.listener import allowed_uids, bind, unlink_if_ours
+from supervisord.load import Loaded, load_callbacks, read_qbconf
+from supervisord.logsetup import setup_logging
+from supervisord.matching import Table
+from supervisord.model import Event, Settings
+from supervisord.ops import Ops
+from supervisord.runner import Runner, RunRequest
+from supervisord.scheduler import Scheduler
+from supervisord.sequencer import Finished, Intake, Query, Sequencer, Started, Tick
+from supervisord.server import Connection, Reply
+from supervisord.systemd import Notifier, listen_fds, watchdog_interval
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Owns every piece of state: table, sequencer, scheduler, runner, listeners."""
+
+    def __init__(self, qbconf: str, settings: Settings, loaded: Loaded) -> None:
+        self.qbconf = qbconf
+        self.settings = settings
+        self.table = Table(loaded.callbacks)
+        self.version = __version__
+        self.closing = False
+        self.started_at = time.time()
+        self.notifier = Notifier(os.environ)
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._congested: set[Connection] = set()
+        self.subscribers: dict[Connection, int] = {}
+        self.tails: set[Connection] = set()
+        self.allowed, unknown = allowed_uids(settings)
+        for user in unknown:
+            log.warning("unknown user in supervisor_event_allow_users user=%s", user)
+        self.runner = Runner(settings, jobinfo=self.jobinfo)
+        self.scheduler = Scheduler(settings.concurrency, settings.per_job_order, self.execute)
+        self.scheduler.on_drained = self._resume_congested
+        self.sequencer: Sequencer | None = None
+        self._clock: asyncio.TimerHandle | None = None
+        self._socket_inode: int | None = None
+        self.stats: dict[str, Any] = {"timeouts": 0}
+        self.ops = Ops(self)
+        self.status_line = self.ops.status_line
+        self.call = self.ops.call
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def main(self) -> int:
+        server = await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown(server)
+        return 0
+
+    async def startup(self) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        self.sequencer = Sequencer(self.settings, self.table, loop, self._committed)
+        recovered = await asyncio.to_thread(self.sequencer.open)
+        self.sequencer.start()
+        self.scheduler.note_seq(self.sequencer.counters["last_seq"])
+        self.scheduler.submit(recovered)
+        inherited = listen_fds(os.environ)
+        if inherited:
+            sock = inherited[0]
+            log.info("using inherited socket fd=%d", sock.fileno())
+        else:
+            sock = bind(self.settings)
+            self._socket_inode = os.stat(self.settings.event_socket).st_ino
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        for signum, handler in (
+            (signal.SIGTERM, self._stop.set),
+            (signal.SIGINT, self._stop.set),
+            (signal.SIGHUP, self._reload_requested.set),
+        ):
+            loop.add_signal_handler(signum, handler)
+        self.sequencer.submit(Tick())  # fire time triggers that passed while we were down
+        log.info(
+            "listening socket=%s callbacks=%d redelivered=%d loop=%s",
+            self.settings.event_socket, len(self.table.callbacks), len(recovered),
+            type(loop).__module__,
+        )  # fmt: skip
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
+        return server
+
+    async def main_loop(self) -> None:
+        interval = watchdog_interval(os.environ)
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload_requested.wait())
+            await asyncio.wait({stop, reload}, timeout=interval, return_when="FIRST_COMPLETED")
+            stop.cancel()
+            reload.cancel()
+            if self._reload_requested.is_set() and not self._stop.is_set():
+                self._reload_requested.clear()
+                await self.reload()
+            if interval is not None:
+                # Sent from the loop: a stuck loop stops the pings and systemd restarts us.
+                self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+
+    async def shutdown(self, server: asyncio.AbstractServer) -> None:
+        log.info("stopping running=%d queued=%d", self.scheduler.running, self.scheduler.queued)
+        self.notifier.notify("STOPPING=1")
+        self.closing = True
+        server.close()
+        if self._clock is not None:
+            self._clock.cancel()
+        await self.scheduler.drain()
+        await self.runner.aclose()
+        for conn in list(self.subscribers) + list(self.tails):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self.sequencer is not None:
+            await asyncio.to_thread(self.sequencer.stop, True)
+        unlink_if_ours(self.settings.event_socket, self._socket_inode)
+        self.notifier.close()
+        log.info("stopped queued_left=%d", self.scheduler.queued)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def is_allowed(self, uid: int) -> bool:
+        return uid in self.allowed
+
+    def is_congested(self) -> bool:
+        return self.scheduler.is_congested()
+
+    def watch_congestion(self, conn: Connection) -> None:
+        self._congested.add(conn)
+
+    def _resume_congested(self) -> None:
+        for conn in self._congested:
+            conn.resume("congestion")
+        self._congested.clear()
+
+    def forget(self, conn: Connection) -> None:
+        self._congested.discard(conn)
+        self.subscribers.pop(conn, None)
+        self.tails.discard(conn)
+
+    def submit_events(self, events: list[Event], done: Callable[[list[Reply]], None]) -> None:
+        assert self.sequencer is not None
+        self.sequencer.submit(Intake(events, done))
+
+    def _committed(self, runs: list[RunRequest], deadline: float | None) -> None:
+        """On the loop after each commit: schedule new runs, re-arm the clock timer."""
+        assert self.sequencer is not None
+        for req in runs:
+            log.info(
+                "matched seq=%d event_id=%s callback=%s job=%s run_id=%d",
+                req.seq, req.event_id, req.callback.file, req.owner, req.run_id,
+            )  # fmt: skip
+        self.scheduler.note_seq(self.sequencer.counters["last_seq"])
+        self.scheduler.submit(runs)
+        self._arm_clock(deadline)
+
+    def _arm_clock(self, deadline: float | None) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+        if deadline is None or self.closing or self.sequencer is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - time.time())
+        sequencer = self.sequencer
+        self._clock = loop.call_at(loop.time() + delay, lambda: sequencer.submit(Tick()))
+
+    async def query(self, fn: Callable[[Any, Sequencer], Any]) -> Any:
+        assert self.sequencer is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sequencer.submit(Query(fn, future))
+        return await future
+
+    # -- one run ---------------------------------------------------------------------------
+
+    async def execute(self, req: RunRequest) -> None:
+        assert self.sequencer is not None
+        started = time.time()
+        self.sequencer.submit(Started(req.run_id, started))
+        self.ops.publish_tail({"op": "run", "state": "spawned", **self.ops.run_fields(req)})
+        result = await self.runner.run(req)
+        level = logging.INFO if result.outcome == "ok" else logging.WARNING
+        word = "timed out" if result.outcome == "timeout" else "exited"
+        if result.outcome == "timeout":
+            self.stats["timeouts"] += 1
+        log.log(
+            level,
+            "%s seq=%d job=%s callback=%s run_id=%d pid=%s outcome=%s status=%r duration=%.3fs",
+            word, req.seq, req.owner, req.callback.file, req.run_id, result.pid, result.outcome,
+            result.description, result.ended - result.started,
+        )  # fmt: skip
+        self.ops.record_duration(req.callback.file, result.ended - result.started, result.outcome)
+        self.sequencer.submit(Finished(req, result))
+        self.ops.publish_actions(req, result)
+        self.ops.publish_tail(
+            {"op": "run", "state": "exited", **self.ops.run_fields(req), "outcome": result.outcome,
+             "description": result.description, "log": result.log}
+        )  # fmt: skip
+
+    async def jobinfo(self, by: str, value: Any) -> list[dict[str, Any]]:
+        def lookup(_db: Any, seq: Sequencer) -> list[dict[str, Any]]:
+            registry = seq.state.registry
+            if by == "-pgrp":
+                return registry.by_pgrp(int(value))
+            job = registry.get(int(value))
+            return [] if job is None else [job]
+
+        result: list[dict[str, Any]] = await self.query(lookup)
+        return result
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> Reply:
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            settings, loaded = await asyncio.to_thread(load_all, self.qbconf)
+        except ConfigErrors as exc:
+            errors = [str(e) for e in exc.errors]
+            log.error("reload failed errors=%d first=%r", len(errors), errors[0] if errors else "")
+            self.notifier.notify("READY=1", f"STATUS=reload failed: {len(errors)} error(s)")
+            message = f"configuration has {len(errors)} error(s); the running table is kept"
+            return {
+                "ok": False,
+                "error": {"code": "invalid_config", "message": message},
+                "errors": errors,
+            }
+        self._swap(settings, loaded)
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        return {"ok": True, "callbacks": len(loaded.callbacks)}
+
+    def _swap(self, settings: Settings, loaded: Loaded) -> None:
+        old = {cb.key: cb for cb in self.table.callbacks}
+        new = {cb.key: cb for cb in loaded.callbacks}
+        added = [new[k].file for k in new.keys() - old.keys()]
+        removed = [old[k].file for k in old.keys() - new.keys()]
+        changed = [new[k].file for k in new.keys() & old.keys() if new[k] != old[k]]
+        if settings.event_socket != self.settings.event_socket:
+            log.warning("supervisor_event_socket changed; it takes effect at the next start")
+        self.table = Table(loaded.callbacks)
+        assert self.sequencer is not None
+        self.sequencer.table = self.table  # one assignment: the next batch matches on it
+        self.settings = settings
+        self.sequencer.settings = settings
+        self.runner.update(settings)
+        self.scheduler.concurrency = settings.concurrency
+        self.scheduler.per_job_order = settings.per_job_order
+        self.allowed, _ = allowed_uids(settings)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        log.info(
+            "reloaded callbacks=%d added=%s changed=%s removed=%s",
+            len(loaded.callbacks), added, changed, removed,
+        )  # fmt: skip
+        self.sequencer.submit(Tick())
+
+
+def load_all(qbconf: str) -> tuple[Settings, Loaded]:
+    settings = read_qbconf(qbconf, os.environ, sys.executable)
+    return settings, load_callbacks(settings)
+
+
+def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
+          log_format: str = "text") -> int:  # fmt: skip
+    """`qbsupervisor serve`: 0 after a clean stop, 78 on bad configuration at start."""
+    try:
+        settings, loaded = load_all(qbconf_path)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(f"qbsupervisor: {err}", file=sys.stderr)
+        return 78
+    setup_logging(log_level or settings.log_level, log_format)
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    daemon = Daemon(os.path.abspath(qbconf_path), settings, loaded)
+    try:
+        return run_loop(daemon.main(), loop)
+    except (ConfigError, StoreError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"qbsupervisor: {exc}", file=sys.stderr)
+        return 78
+
+
+def run_loop(main: Any, kind: str) -> int:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ConfigError("--loop", None, "uvloop is not installed") from None
+        else:
+            return int(uvloop.run(main))
+    return int(asyncio.run(main))

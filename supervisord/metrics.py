@@ -1,0 +1,37 @@
+"""Prometheus text exposition of the daemon's status document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(status: dict[str, Any]) -> str:
+    """The `status` document as Prometheus text format 0.0.4."""
+    lines = []
+    gauges = (
+        ("qbcallbacks_up", 1, "gauge", "1 while the daemon serves"),
+        ("qbcallbacks_uptime_seconds", status["uptime_s"], "gauge", "seconds since start"),
+        ("qbcallbacks_callbacks", status["callbacks"], "gauge", "callbacks loaded"),
+        ("qbcallbacks_running", status["running"], "gauge", "runs in progress"),
+        ("qbcallbacks_queued", status["queued"], "gauge", "runs waiting to start"),
+        ("qbcallbacks_events_total", status["events_total"], "counter", "events accepted"),
+        ("qbcallbacks_runs_total", status["runs_total"], "counter", "runs finished"),
+        ("qbcallbacks_runs_failed_total", status["runs_failed"], "counter", "runs not ok"),
+        ("qbcallbacks_timeouts_total", status["timeouts"], "counter", "runs stopped at timeout"),
+    )
+    for name, value, kind, text in gauges:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    per_cb = status.get("per_callback", {})
+    for metric, key, text in (
+        ("qbcallbacks_callback_runs_total", "runs", "runs per callback since start"),
+        ("qbcallbacks_callback_failed_total", "failed", "failed runs per callback since start"),
+        ("qbcallbacks_callback_duration_p50_seconds", "p50_s", "median run duration"),
+        ("qbcallbacks_callback_duration_p99_seconds", "p99_s", "99th percentile run duration"),
+    ):
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
+        lines += [f'{metric}{{callback="{_label(n)}"}} {v[key]}' for n, v in per_cb.items()]
+    return "\n".join(lines) + "\n"

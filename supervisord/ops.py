@@ -1,0 +1,208 @@
+"""The socket operations other than `event` (SPEC §3.2), as methods of the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+from supervisord import store
+from supervisord.errors import EventError
+from supervisord.events import validate_event
+from supervisord.matching import match
+from supervisord.server import Connection, Reply, error
+
+if TYPE_CHECKING:
+    from supervisord.daemon import Daemon
+    from supervisord.runner import RunRequest, RunResult
+    from supervisord.sequencer import Sequencer
+
+# Bytes a subscriber may leave unread before it is cut off (it can resume with `since`).
+SUBSCRIBER_BUFFER: Final = 4 << 20
+# Durations kept per callback for the p50/p99 of `status`.
+DURATION_SAMPLES: Final = 512
+
+
+def _int_field(doc: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    value = doc.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EventError(name, f"expected an integer, got {value!r}")
+    return value
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Ops:
+    """The daemon's operations: one coroutine per op, looked up by name, plus status."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    async def call(self, op: str, doc: dict[str, Any], conn: Connection) -> Reply:
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        if handler is None:
+            return error("unknown_op", f"unknown op {op!r}")
+        try:
+            reply: Reply = await handler(doc, conn)
+        except EventError as exc:
+            # The protocol's one code for a bad field in a request (SPEC §3).
+            return error("invalid_event", str(exc), field=exc.field)
+        return reply
+
+    async def op_ping(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        return {"ok": True, "version": self.d.version}
+
+    async def op_status(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        return {"ok": True, **self.status_doc()}
+
+    async def op_callbacks(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        rows = [
+            {"file": cb.file, "dir": cb.dir, "line": cb.line, "language": cb.language,
+             "trigger": cb.trigger_text}
+            for cb in self.d.table.callbacks
+        ]  # fmt: skip
+        return {"ok": True, "callbacks": rows}
+
+    async def op_match(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        event = validate_event({**doc, "op": "event"}, time.time())
+        table = self.d.table
+
+        def dry_run(_db: Any, seq: Sequencer) -> list[str]:
+            return [f.callback.file for f in match(table, seq.state, event, dry_run=True)]
+
+        return {"ok": True, "matched": await self.d.query(dry_run)}
+
+    async def op_wait(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        seq = _int_field(doc, "seq")
+        if seq is None:
+            raise EventError("seq", "required: the seq to wait for")
+        timeout = doc.get("timeout", 60)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise EventError("timeout", f"expected a number of seconds >= 0, got {timeout!r}")
+        done = await self.d.scheduler.wait(seq, float(timeout))
+        return {"ok": True, "done": done, "seq": seq}
+
+    async def op_history(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        job = _int_field(doc, "job")
+        limit = _int_field(doc, "limit", 100) or 100
+        callback, outcome = doc.get("callback"), doc.get("outcome")
+        for name, value in (("callback", callback), ("outcome", outcome)):
+            if value is not None and not isinstance(value, str):
+                raise EventError(name, f"expected a string, got {value!r}")
+
+        def read(db: Any, _seq: Sequencer) -> list[dict[str, Any]]:
+            return store.history(db, job, callback, outcome, max(1, min(limit, 100_000)))
+
+        return {"ok": True, "runs": await self.d.query(read)}
+
+    async def op_reload(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        return await self.d.reload()
+
+    async def op_subscribe(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        since = _int_field(doc, "since")
+        self.d.subscribers[conn] = -1
+        if since is not None:
+            backlog = await self.d.query(lambda db, _s: store.actions_since(db, since))
+            # Sent after the ok reply, in order, before any live action.
+            asyncio.get_running_loop().call_soon(self._send_backlog, conn, backlog)
+        return {"ok": True}
+
+    def _send_backlog(self, conn: Connection, backlog: list[Reply]) -> None:
+        for line in backlog:
+            conn.send_line(line)
+
+    async def op_tail(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        self.d.tails.add(conn)
+        return {"ok": True}
+
+    async def op_metrics(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        from supervisord.metrics import render
+
+        return {"ok": True, "text": render(self.status_doc())}
+
+    # -- helpers used by the daemon -------------------------------------------------------
+
+    def status_doc(self) -> dict[str, Any]:
+        assert self.d.sequencer is not None
+        c = self.d.sequencer.counters
+        s = self.d.settings
+        per_cb = {
+            name: {
+                "runs": v["runs"], "failed": v["failed"],
+                "p50_s": round(_percentile(list(v["durations"]), 0.5), 4),
+                "p99_s": round(_percentile(list(v["durations"]), 0.99), 4),
+            }
+            for name, v in self.d.stats.get("callbacks", {}).items()
+        }  # fmt: skip
+        return {
+            "version": self.d.version,
+            "uptime_s": round(time.time() - self.d.started_at, 3),
+            "callbacks": len(self.d.table.callbacks),
+            "running": self.d.scheduler.running,
+            "queued": self.d.scheduler.queued,
+            "events_total": c["events_total"],
+            "runs_total": c["runs_total"],
+            "runs_failed": c["runs_failed"],
+            "timeouts": self.d.stats["timeouts"],
+            "last_seq": c["last_seq"],
+            "per_callback": per_cb,
+            "config": {
+                "qbconf": self.d.qbconf, "socket": s.event_socket,
+                "callback_path": list(s.callback_path), "state_dir": s.state_dir,
+                "logpath": s.logpath,
+            },
+        }  # fmt: skip
+
+    def status_line(self) -> str:
+        if self.d.sequencer is None:
+            return "starting"
+        c = self.d.sequencer.counters
+        return (
+            f"running={self.d.scheduler.running} queued={self.d.scheduler.queued} "
+            f"events={c['events_total']} runs={c['runs_total']} failed={c['runs_failed']}"
+        )
+
+    def record_duration(self, name: str, seconds: float, outcome: str) -> None:
+        per_cb = self.d.stats.setdefault("callbacks", {})
+        entry = per_cb.setdefault(
+            name, {"runs": 0, "failed": 0, "durations": deque(maxlen=DURATION_SAMPLES)}
+        )
+        entry["runs"] += 1
+        entry["failed"] += outcome != "ok"
+        entry["durations"].append(seconds)
+
+    def run_fields(self, req: RunRequest) -> dict[str, Any]:
+        return {
+            "run_id": req.run_id, "seq": req.seq, "event_id": req.event_id,
+            "callback": req.callback.file, "job_id": req.owner,
+        }  # fmt: skip
+
+    def publish_actions(self, req: RunRequest, result: RunResult) -> None:
+        for action in result.actions:
+            line = {
+                "op": "action", "seq": req.seq, "callback": req.callback.file,
+                "job_id": req.owner, "action": action.action, "target": action.target,
+            }  # fmt: skip
+            for conn in list(self.d.subscribers):
+                self._send_bounded(conn, line)
+
+    def publish_tail(self, line: Reply) -> None:
+        for conn in list(self.d.tails):
+            self._send_bounded(conn, line)
+
+    def _send_bounded(self, conn: Connection, line: Reply) -> None:
+        if conn.buffered() > SUBSCRIBER_BUFFER:
+            conn.send_line(
+                error("unavailable", "subscriber too slow: disconnected; resume with since")
+            )
+            if conn.transport is not None:
+                conn.transport.close()
+            self.d.forget(conn)
+        elif not conn.send_line(line):
+            self.d.forget(conn)

@@ -1,0 +1,168 @@
+"""The run queue: bounded concurrency, per-job order, and `wait` bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+from supervisord.runner import RunRequest
+
+log = logging.getLogger(__name__)
+
+# Queued runs beyond which intake stops reading new requests (replies are delayed, nothing is
+# dropped); it resumes below LOW_WATER. Each queued run costs about 2 KiB of memory.
+HIGH_WATER: Final = 20_000
+LOW_WATER: Final = 10_000
+
+
+def _job_key(req: RunRequest) -> Any:
+    job = req.event_doc.get("job")
+    return job.get("id") if isinstance(job, dict) else None
+
+
+class Scheduler:
+    """Starts runs in order, at most `concurrency` at once; a job's later event waits for
+    every run of its earlier events to finish when `per_job_order` is on."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        per_job_order: bool,
+        execute: Callable[[RunRequest], Awaitable[None]],
+    ) -> None:
+        self.concurrency = concurrency
+        self.per_job_order = per_job_order
+        self._execute = execute
+        self._ready: deque[RunRequest] = deque()
+        self._chains: dict[Any, deque[tuple[int, list[RunRequest]]]] = {}
+        self._chain_left: dict[Any, int] = {}
+        self._held = 0
+        self.running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outstanding: dict[int, int] = {}
+        self._heap: list[int] = []
+        self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        self.last_seq = 0
+        self.closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.on_drained: Callable[[], None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._ready) + self._held
+
+    def is_congested(self) -> bool:
+        return self.queued >= HIGH_WATER
+
+    def submit(self, reqs: Iterable[RunRequest]) -> None:
+        by_seq: dict[int, list[RunRequest]] = {}
+        for req in reqs:
+            by_seq.setdefault(req.seq, []).append(req)
+            if req.seq not in self._outstanding:
+                heapq.heappush(self._heap, req.seq)
+            self._outstanding[req.seq] = self._outstanding.get(req.seq, 0) + 1
+        for seq, group in by_seq.items():
+            key = _job_key(group[0])
+            if not self.per_job_order or key is None:
+                self._ready.extend(group)
+                continue
+            chain = self._chains.setdefault(key, deque())
+            chain.append((seq, group))
+            if len(chain) == 1:
+                self._release(key)
+            else:
+                self._held += len(group)
+        self._dispatch()
+
+    def note_seq(self, last_seq: int) -> None:
+        """The sequencer numbered events up to `last_seq`: waiters may be done now."""
+        self.last_seq = max(self.last_seq, last_seq)
+        self._wake_waiters()
+
+    async def wait(self, seq: int, timeout: float) -> bool:
+        if self.is_done_through(seq):
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        entry = (seq, future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def is_done_through(self, seq: int) -> bool:
+        while self._heap and self._heap[0] not in self._outstanding:
+            heapq.heappop(self._heap)
+        lowest = self._heap[0] if self._heap else None
+        return seq <= self.last_seq and (lowest is None or lowest > seq)
+
+    async def drain(self) -> None:
+        """Stop starting runs; wait for the running ones (each bounded by its timeout)."""
+        self.closing = True
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _release(self, key: Any) -> None:
+        chain = self._chains[key]
+        _, group = chain[0]
+        self._chain_left[key] = len(group)
+        self._ready.extend(group)
+
+    def _dispatch(self) -> None:
+        while self._ready and self.running < self.concurrency and not self.closing:
+            req = self._ready.popleft()
+            self.running += 1
+            task = asyncio.ensure_future(self._run(req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, req: RunRequest) -> None:
+        try:
+            await self._execute(req)
+        except Exception:  # contained: one failed run never stops the queue
+            log.exception("run crashed run_id=%d seq=%d", req.run_id, req.seq)
+        finally:
+            self.running -= 1
+            self._finished(req)
+            self._dispatch()
+
+    def _finished(self, req: RunRequest) -> None:
+        left = self._outstanding[req.seq] - 1
+        if left:
+            self._outstanding[req.seq] = left
+        else:
+            del self._outstanding[req.seq]
+        key = _job_key(req)
+        if key in self._chain_left:
+            self._advance_chain(key)
+        self._wake_waiters()
+        if self.on_drained is not None and self.queued < LOW_WATER:
+            self.on_drained()
+
+    def _advance_chain(self, key: Any) -> None:
+        self._chain_left[key] -= 1
+        if self._chain_left[key]:
+            return
+        chain = self._chains[key]
+        chain.popleft()
+        del self._chain_left[key]
+        if not chain:
+            del self._chains[key]
+            return
+        self._held -= len(chain[0][1])
+        self._release(key)
+
+    def _wake_waiters(self) -> None:
+        for seq, future in list(self._waiters):
+            if not future.done() and self.is_done_through(seq):
+                future.set_result(True)

@@ -1,0 +1,317 @@
+"""The sequencer: one thread that numbers, matches and durably stores events (group commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from supervisord import store
+from supervisord.clock import due_events, next_deadline
+from supervisord.matching import MatchState, Table, match, owner_job
+from supervisord.model import Event, Settings
+from supervisord.recovery import callback_record, recover_runs
+from supervisord.runner import RunRequest, RunResult
+
+log = logging.getLogger(__name__)
+
+# Rows deleted per prune step: small enough that one step never stalls a commit noticeably.
+PRUNE_CHUNK: Final = 2000
+# How often retention pruning and registry expiry run, in seconds.
+HOUSEKEEPING_INTERVAL: Final = 30.0
+
+Reply = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Intake:
+    """Validated events from one read of one connection; `done` gets one reply each."""
+
+    events: list[Event]
+    done: Callable[[list[Reply]], None]
+
+
+@dataclass(slots=True)
+class Query:
+    """Work that reads or changes sequencer state, run in order with the writes."""
+
+    fn: Callable[[sqlite3.Connection, Sequencer], Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class Started:
+    run_id: int
+    at: float
+
+
+@dataclass(slots=True)
+class Finished:
+    req: RunRequest
+    result: RunResult
+
+
+@dataclass(slots=True)
+class Tick:
+    """Fire the time triggers now due."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one commit carries, and what the loop learns once it is durable."""
+
+    events: list[tuple[int, str, float, str]] = field(default_factory=list)
+    runs: list[tuple[Any, ...]] = field(default_factory=list)
+    started: list[tuple[float, int]] = field(default_factory=list)
+    finished: list[tuple[Any, ...]] = field(default_factory=list)
+    actions: list[tuple[Any, ...]] = field(default_factory=list)
+    new_requests: list[RunRequest] = field(default_factory=list)
+    replies: list[tuple[Callable[[list[Reply]], None], list[Reply]]] = field(default_factory=list)
+    queries: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = field(
+        default_factory=list
+    )
+
+    def is_write(self) -> bool:
+        return bool(self.events or self.runs or self.started or self.finished)
+
+
+class Sequencer:
+    """Owns the journal connection and the matcher state. Only its thread touches them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        table: Table,
+        loop: asyncio.AbstractEventLoop,
+        on_commit: Callable[[list[RunRequest], float | None], None],
+    ) -> None:
+        self.settings = settings
+        self.table = table  # swapped by reload in one assignment
+        self._loop = loop
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self.state = MatchState(settings.job_retention)
+        self.counters: dict[str, int] = dict.fromkeys(store.COUNTERS, 0)
+        self._last_housekeeping = 0.0
+        self.clean_start = True
+
+    # -- lifecycle (called from the loop thread) -------------------------------------------
+
+    def open(self) -> list[RunRequest]:
+        """Open the journal, load state; returns the runs to redeliver. Blocking, at start."""
+        self._db = db = store.connect(self.settings.state_dir, self.settings.journal_sync)
+        self.counters = store.read_counters(db)
+        self.clean_start = store.read_flag(db, "clean_shutdown") != "0"
+        self._load_state(db)
+        store.write_meta(db, {"clean_shutdown": 0})
+        return recover_runs(db, self.table, self.clean_start)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="qb-sequencer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> None:
+        self._queue.put(item)
+
+    def stop(self, clean: bool) -> None:
+        """Finish every queued item, then close the journal. Blocking: call from a thread."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+        if self._db is not None:
+            if clean:
+                store.write_meta(self._db, {"clean_shutdown": 1})
+            self._db.close()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = items[-1] is None
+            self._run_batch([i for i in items if i is not None])
+            if stopping:
+                return
+
+    def _run_batch(self, items: list[Any]) -> None:
+        assert self._db is not None
+        batch = Batch()
+        saved = dict(self.counters)
+        ticked = False
+        for item in items:
+            if isinstance(item, Intake):
+                batch.replies.append((item.done, [self._accept(e, batch) for e in item.events]))
+            elif isinstance(item, Started):
+                batch.started.append((item.at, item.run_id))
+            elif isinstance(item, Finished):
+                self._finish(item, batch)
+            elif isinstance(item, Tick):
+                ticked = True
+            elif isinstance(item, Query):
+                self._query(item, batch)
+        now = time.time()
+        if ticked:
+            self._fire_clock(now, batch)
+        self._housekeeping(now, batch)
+        if batch.is_write() and not self._commit(batch):
+            self.counters = saved
+            self._fail(batch)
+        deadline = self._next_deadline(now)
+        self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
+
+    def _accept(self, event: Event, batch: Batch) -> Reply:
+        assert self._db is not None
+        eid = event.event_id
+        if eid is not None:
+            seq = store.find_event(self._db, eid) or self._pending_seq(batch, eid)
+            if seq is not None:
+                return {"ok": True, "seq": seq, "event_id": eid, "duplicate": True, "matched": []}
+        seq = self.counters["last_seq"] + 1
+        self.counters["last_seq"] = seq
+        if eid is None:
+            eid = self._auto_id(seq, batch)
+        firings = match(self.table, self.state, event)
+        doc = dict(event.doc, seq=seq, event_id=eid)
+        batch.events.append((seq, eid, time.time(), store.dumps(doc)))
+        self.counters["events_total"] += 1
+        for firing in firings:
+            run_id = self.counters["last_run_id"] + 1
+            self.counters["last_run_id"] = run_id
+            job = owner_job(self.state, event, firing.owner)
+            cb = callback_record(firing.callback)
+            batch.runs.append(
+                (run_id, seq, eid, cb["file"], cb["key"], store.dumps(cb), firing.owner,
+                 store.dumps(job))
+            )  # fmt: skip
+            batch.new_requests.append(
+                RunRequest(run_id, seq, eid, firing.callback, firing.owner, doc, job)
+            )
+        names = [f.callback.file for f in firings]
+        return {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": names}
+
+    def _pending_seq(self, batch: Batch, eid: str) -> int | None:
+        for seq, other, _, _ in batch.events:
+            if other == eid:
+                return seq
+        return None
+
+    def _auto_id(self, seq: int, batch: Batch) -> str:
+        assert self._db is not None
+        eid = f"qb-{seq}"
+        while store.find_event(self._db, eid) or self._pending_seq(batch, eid):
+            eid += "x"  # a client took this id for itself; stay unique
+        return eid
+
+    def _finish(self, item: Finished, batch: Batch) -> None:
+        r, req = item.result, item.req
+        actions = [{"action": a.action, "target": a.target} for a in r.actions]
+        batch.finished.append(
+            (r.started, r.ended, r.exit_code, r.signal, r.outcome, r.description,
+             int(r.truncated), r.log, store.dumps(actions), req.run_id)
+        )  # fmt: skip
+        for a in r.actions:
+            batch.actions.append(
+                (req.run_id, req.seq, req.callback.file, req.owner, a.action, a.target)
+            )
+        self.counters["runs_total"] += 1
+        if r.outcome != "ok":
+            self.counters["runs_failed"] += 1
+
+    def _query(self, item: Query, batch: Batch) -> None:
+        assert self._db is not None
+        try:
+            batch.queries.append((item.future, item.fn(self._db, self), None))
+        except Exception as exc:  # contained: the reply says `internal`, the thread lives on
+            log.exception("query failed")
+            batch.queries.append((item.future, None, exc))
+
+    def _fire_clock(self, now: float, batch: Batch) -> None:
+        events = due_events(self.table, self.state, now)
+        for event in events:
+            late = bool(event.doc.get("late"))
+            log.info(
+                "time trigger fired trigger=%s late=%s%s", event.doc.get("trigger"), late,
+                " (its time passed while the daemon was down)" if late else "",
+            )  # fmt: skip
+            self._accept(event, batch)
+
+    def _next_deadline(self, now: float) -> float | None:
+        return next_deadline(self.table, self.state.clock, now)
+
+    def _housekeeping(self, now: float, batch: Batch) -> None:
+        if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
+            return
+        self._last_housekeeping = now
+        self.state.expire(now)
+        assert self._db is not None
+        try:
+            store.prune(self._db, now - self.settings.history_retention, PRUNE_CHUNK)
+        except sqlite3.Error as exc:
+            log.warning("prune failed error=%s", exc)
+
+    def _commit(self, batch: Batch) -> bool:
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            store.insert_events(db, batch.events)
+            store.insert_runs(db, batch.runs)
+            store.mark_started(db, batch.started)
+            store.mark_finished(db, batch.finished)
+            store.insert_actions(db, batch.actions)
+            s = self.state
+            store.save_state(
+                db, s.registry.take_dirty(), s.latches.take_dirty(), s.clock.take_dirty()
+            )
+            store.write_meta(db, self.counters)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("journal write failed error=%s events=%d", exc, len(batch.events))
+            self._last_error = str(exc)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return False
+        return True
+
+    def _fail(self, batch: Batch) -> None:
+        """The commit failed: refuse every event of the batch, reload the matcher state."""
+        assert self._db is not None
+        message = f"the journal cannot be written: {getattr(self, '_last_error', '?')}"
+        error = {"ok": False, "error": {"code": "unavailable", "message": message}}
+        batch.replies = [
+            (done, [r if r.get("duplicate") else error for r in rs]) for done, rs in batch.replies
+        ]
+        batch.new_requests = []
+        self._load_state(self._db)
+
+    def _load_state(self, db: sqlite3.Connection) -> None:
+        self.state = MatchState(self.settings.job_retention)
+        self.state.registry.load(store.load_jobs(db))
+        self.state.latches.load(store.load_latches(db))
+        self.state.clock.load(store.load_clock(db))
+
+    def _deliver(self, batch: Batch, deadline: float | None) -> None:
+        """On the loop: replies go out, new runs are scheduled, queries resolve."""
+        self._on_commit(batch.new_requests, deadline)
+        for done, replies in batch.replies:
+            done(replies)
+        for future, value, exc in batch.queries:
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
