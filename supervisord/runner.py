@@ -1,0 +1,290 @@
+"""Runs one callback per request as a child process (or .qcb in-process) and reports how it went."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisord import process
+from supervisord.model import Settings
+from supervisord.qcbrun import run_qcb
+from supervisord.runchannel import Channel, local_jobinfo, to_json
+from supervisord.runenv import RUNTIME_DIR, base_env, command, run_env, stdin_doc
+from supervisord.runoutput import OutputSink, PipeDrain, header_line
+from supervisord.runtypes import (
+    Action,
+    JobInfo,
+    RunRequest,
+    RunResult,
+    log_path,
+)
+
+__all__ = ["RUNTIME_DIR", "Action", "JobInfo", "RunRequest", "RunResult", "Runner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class _Child:
+    """The daemon's handles on one running callback process."""
+
+    pid: int
+    exited: asyncio.Future[process.Status]
+    drain: PipeDrain
+    channel: Channel
+    stop_reason: str | None = None
+    stopper: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Runner:
+    """Starts callback runs; owns every child and every cleanup task until aclose()."""
+
+    def __init__(self, settings: Settings, *, jobinfo: JobInfo | None = None) -> None:
+        self._environ = dict(os.environ)
+        self._user = pwd.getpwuid(os.getuid())  # callbacks run as the daemon's uid for now
+        self._jobinfo = jobinfo
+        self._active: set[_Child] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.update(settings)
+
+    def update(self, settings: Settings) -> None:
+        """New runs use ``settings``; runs in flight keep the ones they started with."""
+        self._settings = settings
+        self._base = base_env(settings, self._environ, self._user)
+        self._interpreters: dict[str, str] = {}
+
+    def log_path(self, owner: int | None) -> str:
+        return log_path(self._settings.logpath, owner)
+
+    async def run(self, req: RunRequest) -> RunResult:
+        """Run one callback to its end. Never raises for anything the callback does."""
+        settings = self._settings
+        started = time.time()
+        problem = self._refuse(req, settings)
+        if problem is not None:
+            return _failed_start(req, started, problem)
+        if req.callback.language == "qube":
+            return await run_qcb(req, settings)
+        argv = self._argv(req)
+        if isinstance(argv, str):
+            return _failed_start(req, started, argv)
+        try:
+            child = self._spawn(req, argv, settings, started)
+        except (OSError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return _failed_start(req, started, f"{argv[0]}: {detail}")
+        self._active.add(child)
+        try:
+            return await self._await_child(req, child, settings, started)
+        finally:
+            self._active.discard(child)
+            child.finished.set()
+
+    async def aclose(self) -> None:
+        """Stop every child still running with the kill policy; await all cleanup."""
+        self._closing = True
+        for child in list(self._active):
+            self._stop(child, "shutdown", self._settings.kill_grace)
+        for child in list(self._active):
+            await child.finished.wait()
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+    def _refuse(self, req: RunRequest, settings: Settings) -> str | None:
+        cb = req.callback
+        if self._closing:
+            return "the runner is shutting down"
+        if cb.language not in settings.language_flags:
+            return f"language {cb.language} is disabled in supervisor_language_flags"
+        if cb.language != "qube" and not os.access(cb.path, os.R_OK):
+            return f"cannot read {cb.path}"
+        return None
+
+    def _argv(self, req: RunRequest) -> list[str] | str:
+        """The command line, or why there is none."""
+        cb = req.callback
+        settings = self._settings
+        name = settings.callback_python if cb.language == "python" else None
+        name = settings.callback_perl if cb.language == "perl" else name
+        if name is None:
+            return f"no interpreter for language {cb.language}"
+        interpreter = self._interpreters.get(name) or shutil.which(name, path=self._base["PATH"])
+        if interpreter is None:
+            return f"interpreter {name!r} not found"
+        self._interpreters[name] = interpreter
+        return command(cb.language, interpreter, cb.path)
+
+    def _spawn(
+        self, req: RunRequest, argv: list[str], settings: Settings, started: float
+    ) -> _Child:
+        """Start the process with its stdin document, output pipe and qb channel.
+
+        One function for every language, so a Python fork server can replace it."""
+        loop = asyncio.get_running_loop()
+        doc = to_json(stdin_doc(req))
+        stdin = os.memfd_create("qbcallback-stdin")
+        ours, theirs = socket.socketpair()
+        read_end, write_end = os.pipe()
+        try:
+            view = memoryview(doc)
+            while view:  # memory, never blocks: a big document cannot stall the loop
+                view = view[os.write(stdin, view) :]
+            os.lseek(stdin, 0, os.SEEK_SET)
+            env = run_env(self._base, req)
+            fds = (stdin, write_end, write_end, theirs.fileno())
+            pid = process.spawn(argv, env, cwd=req.callback.dir, fds=fds)
+        except BaseException:
+            os.close(read_end)
+            ours.close()
+            raise
+        finally:
+            os.close(stdin)
+            os.close(write_end)
+            theirs.close()
+        context = f"run={req.run_id} callback={req.callback.file} pid={pid}"
+        log.debug("spawned seq=%d job=%s %s", req.seq, req.owner, context)
+        path = log_path(settings.logpath, req.owner)
+        sink = OutputSink(path, header_line(req, started), settings.output_limit)
+        answer = self._jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
+        hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n"
+        drain: PipeDrain | None = None
+        channel: Channel | None = None
+        try:
+            drain = PipeDrain(loop, read_end, sink)
+            channel = Channel(loop, ours, hello, answer, context)
+            return _Child(pid, process.watch(loop, pid), drain, channel)
+        except BaseException:  # out of fds, most likely: leave nothing behind
+            process.kill_group(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # SIGKILLed and not yet watched: returns at once
+            if drain is None:
+                os.close(read_end)
+            else:
+                drain.close()
+            if channel is None:
+                ours.close()
+            else:
+                channel.abandon()
+            raise
+
+    async def _await_child(
+        self, req: RunRequest, child: _Child, settings: Settings, started: float
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+        timeout = settings.callback_timeout
+        timer = None
+        if timeout > 0:
+            timer = loop.call_later(timeout, self._stop, child, "timeout", settings.kill_grace)
+        try:
+            status = await asyncio.shield(child.exited)
+        except asyncio.CancelledError:
+            self._stop(child, "cancelled", settings.kill_grace)
+            self._own(self._finish(child, settings.kill_grace))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if child.stopper is not None:
+            await child.stopper
+        ended = time.time()
+        actions = await child.channel.aclose()
+        await self._settle_output(child, settings.kill_grace)
+        outcome, description = _judge(status, child.stop_reason, timeout)
+        log.debug(
+            "exited seq=%d job=%s run=%d callback=%s pid=%d status=%r outcome=%s duration=%.3fs",
+            req.seq,
+            req.owner,
+            req.run_id,
+            req.callback.file,
+            child.pid,
+            str(status),
+            outcome,
+            ended - started,
+        )
+        sink = child.drain.sink
+        return RunResult(
+            started,
+            ended,
+            status.exit_code,
+            status.signal,
+            outcome,
+            description,
+            sink.truncated,
+            sink.path,
+            actions,
+            child.pid,
+        )
+
+    async def _settle_output(self, child: _Child, grace: float) -> None:
+        """After the leader's reap: the result waits for the output, not for grandchildren."""
+        if process.is_group_alive(child.pid):
+            self._own(self._reap_group(child, grace))  # awaited by aclose(), not by the caller
+        else:
+            await self._reap_group(child, grace)
+
+    async def _reap_group(self, child: _Child, grace: float) -> None:
+        """Stop whatever the leader left in its process group, then finish the output."""
+        if process.is_group_alive(child.pid):
+            await process.stop_group(child.pid, grace, child.drain.eof)
+        if not child.drain.eof.done():
+            await asyncio.wait({child.drain.eof}, timeout=grace)
+        if not child.drain.eof.done():
+            log.warning(
+                "output still open after its group ended pid=%d (escaped process?)", child.pid
+            )
+        child.drain.close()
+
+    async def _finish(self, child: _Child, grace: float) -> None:
+        """Cleanup of a run whose caller went away (cancelled): reap, collect, close."""
+        await child.exited
+        if child.stopper is not None:
+            await child.stopper
+        await child.channel.aclose()
+        await self._reap_group(child, grace)
+
+    def _stop(self, child: _Child, reason: str, grace: float) -> None:
+        """Start the stop policy on a child still running (timeout, shutdown)."""
+        if child.stopper is not None or child.exited.done():
+            return
+        child.stop_reason = reason
+        if reason == "timeout":
+            log.warning("timed out pid=%d", child.pid)
+        else:
+            log.warning("stopping pid=%d reason=%s", child.pid, reason)
+        child.stopper = asyncio.get_running_loop().create_task(
+            process.stop_group(child.pid, grace, child.exited)
+        )
+
+    def _own(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+
+def _judge(status: process.Status, stop_reason: str | None, timeout: float) -> tuple[str, str]:
+    if stop_reason == "timeout":
+        return "timeout", f"timed out after {timeout:g} s"
+    if stop_reason is not None:
+        return "timeout", f"stopped at {stop_reason}"
+    if status.exit_code == 0:
+        return "ok", str(status)
+    return "failed", str(status)
+
+
+def _failed_start(req: RunRequest, started: float, why: str) -> RunResult:
+    log.warning(
+        "could not start seq=%d job=%s run=%d callback=%s reason=%s",
+        req.seq, req.owner, req.run_id, req.callback.file, why,
+    )  # fmt: skip
+    return RunResult(
+        started, time.time(), None, None, "error", f"could not start: {why}", False, None, (), None
+    )
