@@ -196,7 +196,30 @@ def find_socket(
     if qbconf is not None:
         return read_settings(qbconf, env).event_socket, f"from supervisor_event_socket in {qbconf}"
     path = os.path.join(env.get("QBDIR") or DEFAULT_QBDIR, "run", "callbacks.sock")
+    if not env.get("QBDIR") and not os.path.exists(path):
+        found = _checkout_socket(env)
+        if found is not None:
+            return found
     return path, "is the default $QBDIR/run/callbacks.sock (no qb.conf found)"
+
+
+def _checkout_socket(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The socket of `make run` in the source checkout this package runs from, if it is live.
+
+    Only consulted after every place SPEC §5 names came up empty, so that a new user's
+    `.venv/bin/qbsupervisor emit ...` in a second terminal reaches the daemon `make run` started.
+    """
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    conf = os.path.join(checkout, "etc", "qb.conf")
+    if not os.path.isfile(os.path.join(checkout, "pyproject.toml")) or not os.path.isfile(conf):
+        return None
+    try:
+        path = read_settings(conf, {**env, "QBDIR": checkout}).event_socket
+    except QbError:
+        return None
+    if not os.path.exists(path):
+        return None
+    return path, f"from {conf} with QBDIR={checkout} (the source checkout `make run` serves)"
 
 
 def split_event_spec(spec: str) -> tuple[str, str]:

@@ -115,9 +115,9 @@ class Daemon:
 
     async def shutdown(self, server: asyncio.AbstractServer) -> None:
         log.info("stopping running=%d queued=%d", self.scheduler.running, self.scheduler.queued)
-        self.notifier.notify("STOPPING=1")
         self.closing = True
-        server.close()
+        server.close()  # synchronous: from here on a connect is refused
+        self.notifier.notify("STOPPING=1")
         if self._clock is not None:
             self._clock.cancel()
         await self.scheduler.drain()

@@ -185,3 +185,10 @@ class Settings:
     # supervisor_callback_journal_sync [full]: SQLite synchronous mode of the journal. Only
     # `full` makes the acknowledgement promise; `off` exists to measure what fsync costs.
     journal_sync: str = "full"
+    # Per-run resource limits applied in the child (None = inherit the daemon's):
+    # supervisor_callback_limit_cpu (CPU seconds), _nofile (open files), _as (address space
+    # bytes), _nproc (processes of the run-as user).
+    limit_cpu: int | None = None
+    limit_nofile: int | None = None
+    limit_as: int | None = None
+    limit_nproc: int | None = None

@@ -198,6 +198,22 @@ _KEYS: Final[dict[str, tuple[str, Callable[[str], Any], bool]]] = {
         _choice({"full": "full", "normal": "normal", "off": "off"}, "full, normal or off"),
         False,
     ),
+    "supervisor_callback_limit_cpu": ("limit_cpu", _integer(1, 2**62, "CPU seconds (>= 1)"), False),
+    "supervisor_callback_limit_nofile": (
+        "limit_nofile",
+        _integer(8, 2**30, "a number of open files (>= 8)"),
+        False,
+    ),
+    "supervisor_callback_limit_as": (
+        "limit_as",
+        _integer(1 << 20, 2**62, "bytes of address space (>= 1048576)"),
+        False,
+    ),
+    "supervisor_callback_limit_nproc": (
+        "limit_nproc",
+        _integer(1, 2**30, "a number of processes (>= 1)"),
+        False,
+    ),
     "supervisor_callback_log_level": (
         "log_level",
         _choice({level: level for level in LOG_LEVELS}, f"a log level ({', '.join(LOG_LEVELS)})"),
@@ -261,6 +277,8 @@ def parse_qbconf(text: str, path: str, env: Mapping[str, str], default_python: s
     - ``supervisor_callback_python_mode`` [forkserver]: ``forkserver`` starts Python callbacks
       from a preloaded interpreter, ``fresh`` starts a new interpreter for every run;
     - ``supervisor_callback_log_level`` [info]: debug, info, warning, error or critical;
+    - ``supervisor_callback_limit_cpu``, ``_limit_nofile``, ``_limit_as``, ``_limit_nproc``
+      [unset: inherit]: resource limits set in each callback's process;
     - ``supervisor_callback_journal_sync`` [full]: the journal's SQLite synchronous mode; only
       ``full`` keeps the promise that an acknowledged event survives a crash of the machine.
 

@@ -143,6 +143,7 @@ class Connection(asyncio.Protocol):
 
     def _handle_line(self, line: bytes, events: list[tuple[Event, Slot]]) -> None:
         if not line.strip():
+            self._push(error("bad_json", "empty request line: expected one JSON object"))
             return
         try:
             doc = json.loads(line)
