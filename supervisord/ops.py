@@ -146,18 +146,27 @@ class Ops:
             "callbacks": len(self.d.table.callbacks),
             "running": self.d.scheduler.running,
             "queued": self.d.scheduler.queued,
+            "oldest_queued_s": round(self.d.scheduler.oldest_queued_age(), 3),
             "events_total": c["events_total"],
             "runs_total": c["runs_total"],
             "runs_failed": c["runs_failed"],
             "timeouts": self.d.stats["timeouts"],
             "last_seq": c["last_seq"],
             "per_callback": per_cb,
+            "forkserver": self.forkserver_state(),
             "config": {
                 "qbconf": self.d.qbconf, "socket": s.event_socket,
                 "callback_path": list(s.callback_path), "state_dir": s.state_dir,
                 "logpath": s.logpath,
             },
         }  # fmt: skip
+
+    def forkserver_state(self) -> dict[str, Any]:
+        state = getattr(self.d.runner, "forkserver_state", None)
+        if state is None:
+            return {"mode": "fresh"}
+        result: dict[str, Any] = state()
+        return result
 
     def status_line(self) -> str:
         if self.d.sequencer is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
@@ -37,8 +38,8 @@ class Scheduler:
         self.concurrency = concurrency
         self.per_job_order = per_job_order
         self._execute = execute
-        self._ready: deque[RunRequest] = deque()
-        self._chains: dict[Any, deque[tuple[int, list[RunRequest]]]] = {}
+        self._ready: deque[tuple[RunRequest, float]] = deque()
+        self._chains: dict[Any, deque[tuple[int, list[RunRequest], float]]] = {}
         self._chain_left: dict[Any, int] = {}
         self._held = 0
         self.running = 0
@@ -48,8 +49,6 @@ class Scheduler:
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self.last_seq = 0
         self.closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.on_drained: Callable[[], None] | None = None
 
     @property
@@ -59,7 +58,14 @@ class Scheduler:
     def is_congested(self) -> bool:
         return self.queued >= HIGH_WATER
 
+    def oldest_queued_age(self) -> float:
+        """Seconds the longest-waiting queued run has waited (0 when nothing waits)."""
+        since = [self._ready[0][1]] if self._ready else []
+        since += [chain[1][2] for chain in self._chains.values() if len(chain) > 1]
+        return max(0.0, time.monotonic() - min(since)) if since else 0.0
+
     def submit(self, reqs: Iterable[RunRequest]) -> None:
+        now = time.monotonic()
         by_seq: dict[int, list[RunRequest]] = {}
         for req in reqs:
             by_seq.setdefault(req.seq, []).append(req)
@@ -69,10 +75,10 @@ class Scheduler:
         for seq, group in by_seq.items():
             key = _job_key(group[0])
             if not self.per_job_order or key is None:
-                self._ready.extend(group)
+                self._ready.extend((req, now) for req in group)
                 continue
             chain = self._chains.setdefault(key, deque())
-            chain.append((seq, group))
+            chain.append((seq, group, now))
             if len(chain) == 1:
                 self._release(key)
             else:
@@ -114,13 +120,13 @@ class Scheduler:
 
     def _release(self, key: Any) -> None:
         chain = self._chains[key]
-        _, group = chain[0]
+        _, group, since = chain[0]
         self._chain_left[key] = len(group)
-        self._ready.extend(group)
+        self._ready.extend((req, since) for req in group)
 
     def _dispatch(self) -> None:
         while self._ready and self.running < self.concurrency and not self.closing:
-            req = self._ready.popleft()
+            req, _ = self._ready.popleft()
             self.running += 1
             task = asyncio.ensure_future(self._run(req))
             self._tasks.add(task)

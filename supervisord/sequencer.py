@@ -200,6 +200,11 @@ class Sequencer:
                 RunRequest(run_id, seq, eid, firing.callback, firing.owner, doc, job)
             )
         names = [f.callback.file for f in firings]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "received seq=%d event_id=%s event=%s-%s job=%s matched=%s",
+                seq, eid, event.name, event.type, event.job_id, names,
+            )  # fmt: skip
         return {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": names}
 
     def _pending_seq(self, batch: Batch, eid: str) -> int | None:
