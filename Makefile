@@ -22,8 +22,13 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+	$(MAKE) lint typecheck
+
+lint: setup
 	$(VENV)/bin/ruff check supervisord tests bench callback
 	$(VENV)/bin/ruff format --check supervisord tests bench callback
+
+typecheck: setup
 	$(VENV)/bin/mypy --strict supervisord
 
 bench: setup

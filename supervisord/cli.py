@@ -188,12 +188,17 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         _, loaded = _load(args, env)
     except ConfigErrors as exc:
-        # load_callbacks reports every error at once but no partial table.
+        # Every error at once, and the callbacks that did load beside them.
         errors = [str(e) for e in exc.errors]
+        partial = getattr(exc, "partial", None)
+        good = partial.callbacks if partial is not None else ()
+        warnings = partial.warnings if partial is not None else ()
         if args.json:
-            _print(json.dumps({"ok": False, "errors": errors}, ensure_ascii=False))
+            rows = [textfmt.callback_dict(cb) for cb in good]
+            report = {"ok": False, "callbacks": rows, "warnings": list(warnings), "errors": errors}
+            _print(json.dumps(report, ensure_ascii=False))
         else:
-            _print(textfmt.format_check((), (), errors))
+            _print(textfmt.format_check(good, warnings, errors))
         return EX_ERROR
     if args.json:
         rows = [textfmt.callback_dict(cb) for cb in loaded.callbacks]

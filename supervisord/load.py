@@ -8,7 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -83,6 +83,14 @@ def read_qbconf(path: str, env: Mapping[str, str], default_python: str) -> Setti
     return parse_qbconf(text, path, env, default_python)
 
 
+class LoadFailed(ConfigErrors):
+    """Every problem found, plus what did load (for `check`, which shows both)."""
+
+    def __init__(self, errors: Iterable[ConfigError], partial: Loaded) -> None:
+        super().__init__(errors)
+        self.partial = partial
+
+
 def load_callbacks(settings: Settings, *, daemon_uid: int | None = None) -> Loaded:
     """Read every callbacks.conf of the callback path and check every callback file.
 
@@ -101,7 +109,8 @@ def load_callbacks(settings: Settings, *, daemon_uid: int | None = None) -> Load
     _compile_python(found)
     if found.errors:
         ordered = sorted(found.errors, key=lambda item: (item[0], item[1].line or 0))
-        raise ConfigErrors(error for _, error in ordered)
+        partial = Loaded(tuple(found.callbacks), tuple(found.warnings))
+        raise LoadFailed((error for _, error in ordered), partial)
     return Loaded(tuple(found.callbacks), tuple(found.warnings))
 
 

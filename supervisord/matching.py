@@ -201,7 +201,7 @@ class _Resolver:
             return []
         pgrp = subject.get("pgrp")
         if not isinstance(pgrp, int) or isinstance(pgrp, bool):
-            return [x]
+            pgrp = x  # a job without a pgrp leads its own process group, as in Qube
         return sorted({x, *self.registry.pgrp_ids(pgrp)})
 
 

@@ -26,12 +26,12 @@ def render(status: dict[str, Any]) -> str:
     for name, value, kind, text in gauges:
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     per_cb = status.get("per_callback", {})
-    for metric, key, text in (
-        ("qbcallbacks_callback_runs_total", "runs", "runs per callback since start"),
-        ("qbcallbacks_callback_failed_total", "failed", "failed runs per callback since start"),
-        ("qbcallbacks_callback_duration_p50_seconds", "p50_s", "median run duration"),
-        ("qbcallbacks_callback_duration_p99_seconds", "p99_s", "99th percentile run duration"),
+    for metric, key, kind, text in (
+        ("qbcallbacks_callback_runs_total", "runs", "counter", "runs per callback since start"),
+        ("qbcallbacks_callback_failed_total", "failed", "counter", "failed runs per callback"),
+        ("qbcallbacks_callback_duration_p50_seconds", "p50_s", "gauge", "median run duration"),
+        ("qbcallbacks_callback_duration_p99_seconds", "p99_s", "gauge", "p99 run duration"),
     ):
-        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         lines += [f'{metric}{{callback="{_label(n)}"}} {v[key]}' for n, v in per_cb.items()]
     return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ class JobRegistry:
         self._unindex(job_id)
         self._jobs[job_id] = job
         for index, name in ((self._by_pgrp, "pgrp"), (self._by_pid, "pid")):
-            value = _int_field(job, name)
+            value = _index_value(job_id, job, name)
             if value is not None:
                 index.setdefault(value, set()).add(job_id)
         self._dirty.add(job_id)
@@ -108,7 +108,7 @@ class JobRegistry:
         if old is None:
             return
         for index, name in ((self._by_pgrp, "pgrp"), (self._by_pid, "pid")):
-            value = _int_field(old, name)
+            value = _index_value(job_id, old, name)
             members = index.get(value) if value is not None else None
             if value is not None and members is not None:
                 members.discard(job_id)
@@ -176,3 +176,12 @@ class JobRegistry:
             if isinstance(done_at, int | float) and not isinstance(done_at, bool):
                 self._set_done(job_id, float(done_at))
             self._dirty.discard(job_id)
+
+
+def _index_value(job_id: int, job: dict[str, Any], name: str) -> int | None:
+    """The job's pgrp or pid for the indexes; a job without a pgrp leads its own process
+    group, as in Qube, so ``jobinfo("-pgrp", N)`` includes job N itself."""
+    value = _int_field(job, name)
+    if value is None and name == "pgrp":
+        return job_id
+    return value

@@ -81,8 +81,15 @@ def test_indexes_follow_moves() -> None:
 
 def test_non_integer_pgrp_is_not_indexed() -> None:
     reg = registry(event("submit-job", 1, pgrp="1", pid=True))
-    assert reg.pgrp_ids(1) == [] and reg.children_of(1) == []
+    # A non-integer pgrp counts as none: the job leads its own process group.
+    assert reg.pgrp_ids(1) == [1] and reg.children_of(1) == []
     assert (reg.get(1) or {})["pgrp"] == "1"
+
+
+def test_job_without_pgrp_leads_its_own_process_group() -> None:
+    reg = registry(event("submit-job", 1234), event("submit-job", 1235, pgrp=1234))
+    assert [job["id"] for job in reg.by_pgrp(1234)] == [1234, 1235]
+    assert reg.by_pgrp(1235) == []
 
 
 def test_expiry_after_retention() -> None:
