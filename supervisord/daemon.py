@@ -42,13 +42,16 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._congested: set[Connection] = set()
+        self._intake_pending = 0  # events handed to the sequencer, not yet answered
         self.subscribers: dict[Connection, int] = {}
         self.tails: set[Connection] = set()
         self.allowed, unknown = allowed_uids(settings)
         for user in unknown:
             log.warning("unknown user in supervisor_event_allow_users user=%s", user)
         self.runner = Runner(settings, jobinfo=self.jobinfo)
-        self.scheduler = Scheduler(settings.concurrency, settings.per_job_order, self.execute)
+        self.scheduler = Scheduler(
+            settings.concurrency, settings.per_job_order, self.execute, settings.queue_limit
+        )
         self.scheduler.on_drained = self._resume_congested
         self.sequencer: Sequencer | None = None
         self._clock: asyncio.TimerHandle | None = None
@@ -136,13 +139,20 @@ class Daemon:
     def is_allowed(self, uid: int) -> bool:
         return uid in self.allowed
 
+    def backlog(self) -> int:
+        """Runs waiting to start plus events read but not yet committed (each may add runs)."""
+        return self.scheduler.queued + self._intake_pending
+
     def is_congested(self) -> bool:
-        return self.scheduler.is_congested()
+        return self.backlog() >= self.scheduler.queue_limit
 
     def watch_congestion(self, conn: Connection) -> None:
         self._congested.add(conn)
 
     def _resume_congested(self) -> None:
+        # Hysteresis: resume at half the limit, so intake does not flap on every run.
+        if not self._congested or self.backlog() > self.scheduler.queue_limit // 2:
+            return
         for conn in self._congested:
             conn.resume("congestion")
         self._congested.clear()
@@ -154,7 +164,14 @@ class Daemon:
 
     def submit_events(self, events: list[Event], done: Callable[[list[Reply]], None]) -> None:
         assert self.sequencer is not None
-        self.sequencer.submit(Intake(events, done))
+        self._intake_pending += len(events)
+
+        def committed(replies: list[Reply]) -> None:
+            self._intake_pending -= len(events)
+            done(replies)
+            self._resume_congested()
+
+        self.sequencer.submit(Intake(events, committed))
 
     def _committed(self, runs: list[RunRequest], deadline: float | None) -> None:
         """On the loop after each commit: schedule new runs, re-arm the clock timer."""
@@ -258,6 +275,7 @@ class Daemon:
         self.runner.update(settings)
         self.scheduler.concurrency = settings.concurrency
         self.scheduler.per_job_order = settings.per_job_order
+        self.scheduler.queue_limit = settings.queue_limit
         self.allowed, _ = allowed_uids(settings)
         for warning in loaded.warnings:
             log.warning("%s", warning)

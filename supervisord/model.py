@@ -192,3 +192,7 @@ class Settings:
     limit_nofile: int | None = None
     limit_as: int | None = None
     limit_nproc: int | None = None
+    # supervisor_callback_queue_limit [20000]: queued runs plus uncommitted events beyond
+    # which intake stops reading events (replies are delayed, nothing is dropped) until the
+    # backlog is down to half.
+    queue_limit: int = 20_000

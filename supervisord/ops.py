@@ -59,6 +59,8 @@ class Ops:
         return {"ok": True, "version": self.d.version}
 
     async def op_status(self, doc: dict[str, Any], conn: Connection) -> Reply:
+        # Through the sequencer's queue, so the totals include every write queued before.
+        await self.d.query(lambda _db, _seq: None)
         return {"ok": True, **self.status_doc()}
 
     async def op_callbacks(self, doc: dict[str, Any], conn: Connection) -> Reply:
@@ -124,6 +126,7 @@ class Ops:
     async def op_metrics(self, doc: dict[str, Any], conn: Connection) -> Reply:
         from supervisord.metrics import render
 
+        await self.d.query(lambda _db, _seq: None)  # totals include writes queued before
         return {"ok": True, "text": render(self.status_doc())}
 
     # -- helpers used by the daemon -------------------------------------------------------

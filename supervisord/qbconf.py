@@ -214,6 +214,11 @@ _KEYS: Final[dict[str, tuple[str, Callable[[str], Any], bool]]] = {
         _integer(1, 2**30, "a number of processes (>= 1)"),
         False,
     ),
+    "supervisor_callback_queue_limit": (
+        "queue_limit",
+        _integer(1, 10_000_000, "a number of queued runs (>= 1)"),
+        False,
+    ),
     "supervisor_callback_log_level": (
         "log_level",
         _choice({level: level for level in LOG_LEVELS}, f"a log level ({', '.join(LOG_LEVELS)})"),
@@ -279,6 +284,7 @@ def parse_qbconf(text: str, path: str, env: Mapping[str, str], default_python: s
     - ``supervisor_callback_log_level`` [info]: debug, info, warning, error or critical;
     - ``supervisor_callback_limit_cpu``, ``_limit_nofile``, ``_limit_as``, ``_limit_nproc``
       [unset: inherit]: resource limits set in each callback's process;
+    - ``supervisor_callback_queue_limit`` [20000]: queued runs beyond which intake pauses;
     - ``supervisor_callback_journal_sync`` [full]: the journal's SQLite synchronous mode; only
       ``full`` keeps the promise that an acknowledged event survives a crash of the machine.
 

@@ -14,10 +14,9 @@ from supervisord.runner import RunRequest
 
 log = logging.getLogger(__name__)
 
-# Queued runs beyond which intake stops reading new requests (replies are delayed, nothing is
-# dropped); it resumes below LOW_WATER. Each queued run costs about 2 KiB of memory.
-HIGH_WATER: Final = 20_000
-LOW_WATER: Final = 10_000
+# Default queued runs beyond which intake stops reading new requests (replies are delayed,
+# nothing is dropped); it resumes below half of it. Each queued run costs about 2 KiB.
+DEFAULT_QUEUE_LIMIT: Final = 20_000
 
 
 def _job_key(req: RunRequest) -> Any:
@@ -34,8 +33,10 @@ class Scheduler:
         concurrency: int,
         per_job_order: bool,
         execute: Callable[[RunRequest], Awaitable[None]],
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
     ) -> None:
         self.concurrency = concurrency
+        self.queue_limit = queue_limit
         self.per_job_order = per_job_order
         self._execute = execute
         self._ready: deque[tuple[RunRequest, float]] = deque()
@@ -54,9 +55,6 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return len(self._ready) + self._held
-
-    def is_congested(self) -> bool:
-        return self.queued >= HIGH_WATER
 
     def oldest_queued_age(self) -> float:
         """Seconds the longest-waiting queued run has waited (0 when nothing waits)."""
@@ -152,7 +150,7 @@ class Scheduler:
         if key in self._chain_left:
             self._advance_chain(key)
         self._wake_waiters()
-        if self.on_drained is not None and self.queued < LOW_WATER:
+        if self.on_drained is not None:
             self.on_drained()
 
     def _advance_chain(self, key: Any) -> None:

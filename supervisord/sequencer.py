@@ -150,6 +150,7 @@ class Sequencer:
         assert self._db is not None
         batch = Batch()
         saved = dict(self.counters)
+        queries: list[Query] = []
         ticked = False
         for item in items:
             if isinstance(item, Intake):
@@ -161,7 +162,7 @@ class Sequencer:
             elif isinstance(item, Tick):
                 ticked = True
             elif isinstance(item, Query):
-                self._query(item, batch)
+                queries.append(item)
         now = time.time()
         if ticked:
             self._fire_clock(now, batch)
@@ -169,6 +170,8 @@ class Sequencer:
         if batch.is_write() and not self._commit(batch):
             self.counters = saved
             self._fail(batch)
+        for query in queries:  # after the commit: a query sees every write queued before it
+            self._query(query, batch)
         deadline = self._next_deadline(now)
         self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
 

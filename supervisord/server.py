@@ -99,28 +99,41 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self._buf += data
+        self._process()
+
+    def _process(self) -> None:
+        """Handle the complete lines buffered. While the daemon is congested, an event line
+        and everything after it wait here (reading pauses) until `resume` comes back to
+        them; requests before it are still answered."""
+        if "congestion" in self._paused_by:
+            return
         events: list[tuple[Event, Slot]] = []
         start = 0
-        while True:
+        stopped = False
+        while not stopped:
             end = self._buf.find(b"\n", start)
             if end < 0:
                 break
-            line = bytes(self._buf[start:end])
-            start = end + 1
             if self._discarding:
                 self._discarding = False
-                continue
-            self._handle_line(line, events)
+            else:
+                stopped = not self._handle_line(bytes(self._buf[start:end]), events)
+            if not stopped:
+                start = end + 1
         del self._buf[:start]
-        if len(self._buf) > MAX_LINE and not self._discarding:
+        if not stopped and len(self._buf) > MAX_LINE and not self._discarding:
             self._discarding = True
             self._push(error("too_large", f"request line longer than {MAX_LINE} bytes"))
         if self._discarding:
             self._buf.clear()
         self._flush_events(events)
-        if self.backend.is_congested():
-            self.pause("congestion")
-            self.backend.watch_congestion(self)
+
+    def _is_congested(self) -> bool:
+        if not self.backend.is_congested():
+            return False
+        self.pause("congestion")
+        self.backend.watch_congestion(self)
+        return True
 
     def eof_received(self) -> bool:
         # Half-close: keep the transport open until every pending reply is written.
@@ -138,33 +151,39 @@ class Connection(asyncio.Protocol):
         self._paused_by.discard(why)
         if self.transport is not None and not self._paused_by:
             self.transport.resume_reading()
+        if why == "congestion" and self.transport is not None:
+            self._process()
 
     # -- requests --------------------------------------------------------------------------
 
-    def _handle_line(self, line: bytes, events: list[tuple[Event, Slot]]) -> None:
+    def _handle_line(self, line: bytes, events: list[tuple[Event, Slot]]) -> bool:
+        """Answer or queue one request line; False when it must wait (congestion)."""
         if not line.strip():
             self._push(error("bad_json", "empty request line: expected one JSON object"))
-            return
+            return True
         try:
             doc = json.loads(line)
         except (UnicodeDecodeError, ValueError) as exc:
             self._push(error("bad_json", f"request is not valid JSON: {exc}"))
-            return
+            return True
         if not isinstance(doc, dict):
             self._push(
                 error("bad_json", f"request must be a JSON object, got {type(doc).__name__}")
             )
-            return
+            return True
         op = doc.get("op", "event")
         if self.backend.closing:
             self._push(error("unavailable", "the daemon is shutting down"))
         elif op == "event":
+            if self._is_congested():
+                return False  # this line and the rest wait for `resume`
             self._take_event(doc, events)
         else:
             self._flush_events(events)
             slot = Slot()
             self._slots.append(slot)
             self._spawn(self._call(op, doc, slot))
+        return True
 
     def _take_event(self, doc: dict[str, Any], events: list[tuple[Event, Slot]]) -> None:
         try:

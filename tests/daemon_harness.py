@@ -54,6 +54,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: socket.socket | None = None
         self.messages: list[str] = []
+        self.extra_args: list[str] = []
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "LISTEN_"))}
@@ -68,7 +69,7 @@ class Daemon:
             self.notify.bind(self.notify_path)
         self.messages = []
         cmd = [sys.executable, "-m", "supervisord", "serve", "--config", str(self.conf),
-               "--loop", self.loop]  # fmt: skip
+               "--loop", self.loop, *self.extra_args]  # fmt: skip
         self.log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd, env=self.env(), stdout=self.log, stderr=subprocess.STDOUT, **popen
