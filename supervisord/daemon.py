@@ -41,6 +41,7 @@ class Daemon:
         self.notifier = Notifier(os.environ)
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._congested: set[Connection] = set()
         self._intake_pending = 0  # events handed to the sequencer, not yet answered
         self.subscribers: dict[Connection, int] = {}
@@ -242,6 +243,12 @@ class Daemon:
     # -- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> Reply:
+        # One at a time: two overlapping reloads could otherwise finish in the wrong order
+        # and leave the older reading of the files in force.
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> Reply:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             settings, loaded = await asyncio.to_thread(load_all, self.qbconf)

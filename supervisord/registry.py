@@ -70,7 +70,9 @@ class JobRegistry:
         job_id = event.job_id
         old = self._jobs.get(job_id, {})
         new = dict(old)
-        new.update((k, _clone(v)) for k, v in event.job.items() if is_jsonable(v))
+        # Shallow: job objects come from JSON and are never changed in place here; `get`
+        # hands out deep copies.
+        new.update(event.job)
         new["id"] = job_id
         if event.type == "job":
             self._track_status(job_id, new, event)
@@ -154,14 +156,15 @@ class JobRegistry:
         self._dirty.add(job_id)
 
     def take_dirty(self) -> dict[int, dict[str, Any] | None]:
-        """Rows changed since the last call, for the store (None = deleted); resets tracking."""
+        """Rows changed since the last call, for the store (None = deleted); resets tracking.
+        The rows share the registry's objects: serialise them before the next change."""
         rows: dict[int, dict[str, Any] | None] = {}
         for job_id in sorted(self._dirty):
             job = self._jobs.get(job_id)
             if job is None:
                 rows[job_id] = None
             else:
-                rows[job_id] = {"job": _clone(job), "done_at": self._done_at.get(job_id)}
+                rows[job_id] = {"job": job, "done_at": self._done_at.get(job_id)}
         self._dirty.clear()
         return rows
 

@@ -67,6 +67,7 @@ class Batch:
     """What one commit carries, and what the loop learns once it is durable."""
 
     events: list[tuple[int, str, float, str]] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)  # event_id -> seq within this batch
     runs: list[tuple[Any, ...]] = field(default_factory=list)
     started: list[tuple[float, int]] = field(default_factory=list)
     finished: list[tuple[Any, ...]] = field(default_factory=list)
@@ -102,6 +103,8 @@ class Sequencer:
         self.counters: dict[str, int] = dict.fromkeys(store.COUNTERS, 0)
         self._last_housekeeping = 0.0
         self.clean_start = True
+        self._id_prefix = "qb-"
+        self._known: dict[str, int] = {}
 
     # -- lifecycle (called from the loop thread) -------------------------------------------
 
@@ -110,6 +113,7 @@ class Sequencer:
         self._db = db = store.connect(self.settings.state_dir, self.settings.journal_sync)
         self.counters = store.read_counters(db)
         self.clean_start = store.read_flag(db, "clean_shutdown") != "0"
+        self._id_prefix = store.id_prefix(db)
         self._load_state(db)
         store.write_meta(db, {"clean_shutdown": 0})
         return recover_runs(db, self.table, self.clean_start)
@@ -152,6 +156,7 @@ class Sequencer:
         saved = dict(self.counters)
         queries: list[Query] = []
         ticked = False
+        self._known = self._stored_ids(items)
         for item in items:
             if isinstance(item, Intake):
                 batch.replies.append((item.done, [self._accept(e, batch) for e in item.events]))
@@ -179,7 +184,7 @@ class Sequencer:
         assert self._db is not None
         eid = event.event_id
         if eid is not None:
-            seq = store.find_event(self._db, eid) or self._pending_seq(batch, eid)
+            seq = self._known.get(eid) or batch.ids.get(eid)
             if seq is not None:
                 return {"ok": True, "seq": seq, "event_id": eid, "duplicate": True, "matched": []}
         seq = self.counters["last_seq"] + 1
@@ -189,6 +194,7 @@ class Sequencer:
         firings = match(self.table, self.state, event)
         doc = dict(event.doc, seq=seq, event_id=eid)
         batch.events.append((seq, eid, time.time(), store.dumps(doc)))
+        batch.ids[eid] = seq
         self.counters["events_total"] += 1
         for firing in firings:
             run_id = self.counters["last_run_id"] + 1
@@ -210,18 +216,16 @@ class Sequencer:
             )  # fmt: skip
         return {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": names}
 
-    def _pending_seq(self, batch: Batch, eid: str) -> int | None:
-        for seq, other, _, _ in batch.events:
-            if other == eid:
-                return seq
-        return None
+    def _stored_ids(self, items: list[Any]) -> dict[str, int]:
+        """One lookup for every client event id of this batch: which are already stored."""
+        assert self._db is not None
+        ids = [e.event_id for i in items if isinstance(i, Intake) for e in i.events if e.event_id]
+        return store.find_events(self._db, ids) if ids else {}
 
     def _auto_id(self, seq: int, batch: Batch) -> str:
-        assert self._db is not None
-        eid = f"qb-{seq}"
-        while store.find_event(self._db, eid) or self._pending_seq(batch, eid):
-            eid += "x"  # a client took this id for itself; stay unique
-        return eid
+        # The journal's random prefix keeps these apart from ids clients choose; a client
+        # that copies one anyway makes its commit fail (UNIQUE) and is refused, not lost.
+        return f"{self._id_prefix}{seq}"
 
     def _finish(self, item: Finished, batch: Batch) -> None:
         r, req = item.result, item.req

@@ -105,6 +105,26 @@ def find_event(db: sqlite3.Connection, event_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def find_events(db: sqlite3.Connection, event_ids: list[str]) -> dict[str, int]:
+    """The stored seq of each of these event ids that is already stored."""
+    found: dict[str, int] = {}
+    for i in range(0, len(event_ids), 500):  # SQLite's bound-parameter limit is 999+
+        chunk = event_ids[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT event_id, seq FROM events WHERE event_id IN ({marks})"
+        found.update(db.execute(sql, chunk).fetchall())
+    return found
+
+
+def id_prefix(db: sqlite3.Connection) -> str:
+    """This journal's prefix for event ids the daemon assigns, made once at creation."""
+    prefix = read_flag(db, "id_prefix")
+    if prefix is None:
+        prefix = f"qb-{os.urandom(3).hex()}-"
+        write_meta(db, {"id_prefix": prefix})
+    return prefix
+
+
 def insert_events(db: sqlite3.Connection, rows: Sequence[tuple[int, str, float, str]]) -> None:
     db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
 

@@ -151,7 +151,6 @@ def test_reloads_under_load_lose_nothing(daemon_factory: Callable[..., Daemon]) 
         else:
             d.request({"op": "reload"})
         flips += 1
-    conf.write_text(CONF)
     producer.join(DEADLINE)
     assert len(acked) == 400
     last = d.request({"op": "status"})["last_seq"]
