@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Rows deleted per prune step: small enough that one step never stalls a commit noticeably.
 PRUNE_CHUNK: Final = 2000
+# Seconds run start/end records may wait for company before their commit (see _linger).
+RUN_RECORD_LINGER: Final = 0.02
 # How often retention pruning and registry expiry run, in seconds.
 HOUSEKEEPING_INTERVAL: Final = 30.0
 
@@ -140,14 +142,34 @@ class Sequencer:
     def _main(self) -> None:
         while True:
             items = [self._queue.get()]
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            self._drain(items)
+            if all(isinstance(i, Started | Finished) for i in items):
+                self._linger(items)
             stopping = items[-1] is None
             self._run_batch([i for i in items if i is not None])
             if stopping:
+                return
+
+    def _drain(self, items: list[Any]) -> None:
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _linger(self, items: list[Any]) -> None:
+        """Run records alone need no prompt commit: an unrecorded start or end only means a
+        run may be repeated after a crash, which at-least-once allows. Gather them for up to
+        RUN_RECORD_LINGER so one fsync serves many runs; anything else ends the wait."""
+        deadline = time.monotonic() + RUN_RECORD_LINGER
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return
+            items.append(item)
+            if not isinstance(item, Started | Finished):
+                self._drain(items)
                 return
 
     def _run_batch(self, items: list[Any]) -> None:
