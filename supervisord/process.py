@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
+import pwd
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+from supervisord.runenv import RunAs
 
 # Source fds that are themselves child fd numbers are first moved up to here, so that
 # dup2(a, 1) never clobbers a source still to be dup2'd, and dup2(3, 3) (a no-op that
@@ -66,6 +68,23 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: str, fds: Sequenc
             os.close(fd)
 
 
+def resolve_user(spec: str | None, euid: int) -> tuple[pwd.struct_passwd, RunAs | None] | str:
+    """Whose password entry a callback's environment uses, and the switch to make (None
+    when it already runs as that user); or why it cannot run as ``spec`` at all."""
+    try:
+        if spec is None:
+            return pwd.getpwuid(euid), None
+        entry = pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+        if entry.pw_uid == euid:
+            return entry, None
+        if euid != 0:
+            return f"cannot run as user {spec!r}: the daemon is not root"
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except KeyError:
+        return f"no such user {spec!r} (supervisor_callback_user)"
+    return entry, RunAs(entry.pw_uid, entry.pw_gid, tuple(groups))
+
+
 def watch(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[Status]:
     """A future resolved with the child's Status once it exits; the child is reaped then."""
     pidfd = os.pidfd_open(pid)
@@ -119,8 +138,9 @@ async def stop_group(pgid: int, grace: float, gone: asyncio.Future[Any]) -> None
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(gone), grace)
+    # asyncio.wait, not wait_for: ``gone`` may end in an exception (a run whose fork
+    # server died), which must not escape the stop policy.
+    await asyncio.wait({gone}, timeout=grace)
     if not is_group_alive(pgid):
         return
     # Members that closed their stdout, or zombies nobody reaped yet: give them what

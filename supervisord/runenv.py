@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from supervisord.model import Settings
@@ -14,6 +16,26 @@ RUNTIME_DIR: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "r
 PYTHON_BOOTSTRAP: Final = os.path.join(RUNTIME_DIR, "_qbrun.py")
 _DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 _DEFAULT_LANG: Final = "C.UTF-8"
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The user a callback is switched to after fork (the daemon being root)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def rlimits(settings: Settings) -> tuple[tuple[int, int], ...]:
+    """(RLIMIT_*, value) pairs a run's child sets on itself, soft = hard = value."""
+    wanted = (
+        (resource.RLIMIT_CPU, settings.limit_cpu),
+        (resource.RLIMIT_NOFILE, settings.limit_nofile),
+        (resource.RLIMIT_AS, settings.limit_as),
+        (resource.RLIMIT_NPROC, settings.limit_nproc),
+    )
+    return tuple((which, value) for which, value in wanted if value is not None)
 
 
 def base_env(

@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pwd
-import shutil
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from supervisord import process
+from supervisord.forkserver import ForkServerLost, SpawnRefused
 from supervisord.model import Settings
 from supervisord.qcbrun import run_qcb
-from supervisord.runchannel import Channel, local_jobinfo, to_json
-from supervisord.runenv import RUNTIME_DIR, base_env, command, run_env, stdin_doc
+from supervisord.runchannel import Channel, local_jobinfo
+from supervisord.runenv import RUNTIME_DIR
 from supervisord.runoutput import OutputSink, PipeDrain, header_line
+from supervisord.runstart import ForkServers, Started, Starter
 from supervisord.runtypes import (
     Action,
     JobInfo,
@@ -30,6 +29,10 @@ from supervisord.runtypes import (
 __all__ = ["RUNTIME_DIR", "Action", "JobInfo", "RunRequest", "RunResult", "Runner"]
 
 log = logging.getLogger(__name__)
+
+# Tries of a run whose fork server dies under it. The last one takes the direct path when
+# nothing needs the server, so a server that keeps dying costs speed, never a run.
+_ATTEMPTS: Final = 3
 
 
 @dataclass(slots=True, eq=False)
@@ -46,49 +49,60 @@ class _Child:
 
 
 class Runner:
-    """Starts callback runs; owns every child and every cleanup task until aclose()."""
+    """Starts callback runs; owns every child and every cleanup task until aclose().
+
+    A child starts one of three ways: ``spawn`` (posix_spawn of the interpreter, the fast
+    path when no user switch or limit applies), ``code`` (a Python callback forked from
+    the warm fork server, python_mode = forkserver) or ``exec`` (forked by the fork
+    server, which switches user and sets limits, then execs the interpreter). The fork
+    server is started lazily, by the first run that needs it, and stopped in aclose().
+    """
 
     def __init__(self, settings: Settings, *, jobinfo: JobInfo | None = None) -> None:
         self._environ = dict(os.environ)
-        self._user = pwd.getpwuid(os.getuid())  # callbacks run as the daemon's uid for now
         self._jobinfo = jobinfo
         self._active: set[_Child] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._forks = ForkServers()
         self.update(settings)
 
     def update(self, settings: Settings) -> None:
         """New runs use ``settings``; runs in flight keep the ones they started with."""
         self._settings = settings
-        self._base = base_env(settings, self._environ, self._user)
-        self._interpreters: dict[str, str] = {}
+        self._starter = Starter(settings, self._environ, self._forks)
 
     def log_path(self, owner: int | None) -> str:
         return log_path(self._settings.logpath, owner)
 
+    def forkserver_state(self) -> dict[str, Any]:
+        """For ``status``: mode, the server's pid (None when not running), restarts, runs."""
+        return {"mode": self._settings.python_mode, **self._forks.state()}
+
     async def run(self, req: RunRequest) -> RunResult:
         """Run one callback to its end. Never raises for anything the callback does."""
-        settings = self._settings
+        starter = self._starter
+        settings = starter.settings
         started = time.time()
         problem = self._refuse(req, settings)
         if problem is not None:
             return _failed_start(req, started, problem)
         if req.callback.language == "qube":
             return await run_qcb(req, settings)
-        argv = self._argv(req)
+        argv = starter.argv(req)
         if isinstance(argv, str):
             return _failed_start(req, started, argv)
-        try:
-            child = self._spawn(req, argv, settings, started)
-        except (OSError, ValueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return _failed_start(req, started, f"{argv[0]}: {detail}")
-        self._active.add(child)
-        try:
-            return await self._await_child(req, child, settings, started)
-        finally:
-            self._active.discard(child)
-            child.finished.set()
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self._run_once(req, argv, starter, started, attempt == _ATTEMPTS)
+            except ForkServerLost as exc:
+                log.warning(
+                    "retrying seq=%d job=%s run=%d callback=%s attempt=%d reason=%s",
+                    req.seq, req.owner, req.run_id, req.callback.file, attempt, exc,
+                )  # fmt: skip
+            if self._closing:
+                break
+        return _failed_start(req, started, "the fork server keeps dying")
 
     async def aclose(self) -> None:
         """Stop every child still running with the kill policy; await all cleanup."""
@@ -99,6 +113,7 @@ class Runner:
             await child.finished.wait()
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._forks.aclose(self._settings.kill_grace)
 
     def _refuse(self, req: RunRequest, settings: Settings) -> str | None:
         cb = req.callback
@@ -106,51 +121,43 @@ class Runner:
             return "the runner is shutting down"
         if cb.language not in settings.language_flags:
             return f"language {cb.language} is disabled in supervisor_language_flags"
-        if cb.language != "qube" and not os.access(cb.path, os.R_OK):
+        if cb.language == "qube":
+            return None
+        if not os.access(cb.path, os.R_OK):
             return f"cannot read {cb.path}"
-        return None
+        return self._starter.problem
 
-    def _argv(self, req: RunRequest) -> list[str] | str:
-        """The command line, or why there is none."""
-        cb = req.callback
-        settings = self._settings
-        name = settings.callback_python if cb.language == "python" else None
-        name = settings.callback_perl if cb.language == "perl" else name
-        if name is None:
-            return f"no interpreter for language {cb.language}"
-        interpreter = self._interpreters.get(name) or shutil.which(name, path=self._base["PATH"])
-        if interpreter is None:
-            return f"interpreter {name!r} not found"
-        self._interpreters[name] = interpreter
-        return command(cb.language, interpreter, cb.path)
-
-    def _spawn(
-        self, req: RunRequest, argv: list[str], settings: Settings, started: float
-    ) -> _Child:
-        """Start the process with its stdin document, output pipe and qb channel.
-
-        One function for every language, so a Python fork server can replace it."""
-        loop = asyncio.get_running_loop()
-        doc = to_json(stdin_doc(req))
-        stdin = os.memfd_create("qbcallback-stdin")
-        ours, theirs = socket.socketpair()
-        read_end, write_end = os.pipe()
+    async def _run_once(
+        self, req: RunRequest, argv: list[str], starter: Starter, started: float, last: bool
+    ) -> RunResult:
+        settings = starter.settings
         try:
-            view = memoryview(doc)
-            while view:  # memory, never blocks: a big document cannot stall the loop
-                view = view[os.write(stdin, view) :]
-            os.lseek(stdin, 0, os.SEEK_SET)
-            env = run_env(self._base, req)
-            fds = (stdin, write_end, write_end, theirs.fileno())
-            pid = process.spawn(argv, env, cwd=req.callback.dir, fds=fds)
-        except BaseException:
-            os.close(read_end)
-            ours.close()
-            raise
+            spawned = await starter.start(req, argv, last)
+        except SpawnRefused as exc:
+            return _failed_start(req, started, str(exc))
+        except (OSError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return _failed_start(req, started, f"{argv[0]}: {detail}")
+        child = self._attach(req, settings, started, spawned)
+        self._active.add(child)
+        try:
+            return await self._await_child(req, child, settings, started)
         finally:
-            os.close(stdin)
-            os.close(write_end)
-            theirs.close()
+            self._active.discard(child)
+            child.finished.set()
+
+    def _attach(
+        self, req: RunRequest, settings: Settings, started: float, spawned: Started
+    ) -> _Child:
+        """The daemon's handles on a started child: output drain, qb channel, exit watch."""
+        loop = asyncio.get_running_loop()
+        pid, exited, read_end, ours, doc = (
+            spawned.pid,
+            spawned.exited,
+            spawned.output,
+            spawned.channel,
+            spawned.doc,
+        )
         context = f"run={req.run_id} callback={req.callback.file} pid={pid}"
         log.debug("spawned seq=%d job=%s %s", req.seq, req.owner, context)
         path = log_path(settings.logpath, req.owner)
@@ -162,10 +169,11 @@ class Runner:
         try:
             drain = PipeDrain(loop, read_end, sink)
             channel = Channel(loop, ours, hello, answer, context)
-            return _Child(pid, process.watch(loop, pid), drain, channel)
+            return _Child(pid, exited or process.watch(loop, pid), drain, channel)
         except BaseException:  # out of fds, most likely: leave nothing behind
             process.kill_group(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)  # SIGKILLed and not yet watched: returns at once
+            if exited is None:
+                os.waitpid(pid, 0)  # SIGKILLed and not yet watched: returns at once
             if drain is None:
                 os.close(read_end)
             else:
@@ -185,7 +193,7 @@ class Runner:
         if timeout > 0:
             timer = loop.call_later(timeout, self._stop, child, "timeout", settings.kill_grace)
         try:
-            status = await asyncio.shield(child.exited)
+            status = await self._exit_status(child, settings.kill_grace)
         except asyncio.CancelledError:
             self._stop(child, "cancelled", settings.kill_grace)
             self._own(self._finish(child, settings.kill_grace))
@@ -201,28 +209,28 @@ class Runner:
         outcome, description = _judge(status, child.stop_reason, timeout)
         log.debug(
             "exited seq=%d job=%s run=%d callback=%s pid=%d status=%r outcome=%s duration=%.3fs",
-            req.seq,
-            req.owner,
-            req.run_id,
-            req.callback.file,
-            child.pid,
-            str(status),
-            outcome,
+            req.seq, req.owner, req.run_id, req.callback.file, child.pid, str(status), outcome,
             ended - started,
-        )
+        )  # fmt: skip
         sink = child.drain.sink
         return RunResult(
-            started,
-            ended,
-            status.exit_code,
-            status.signal,
-            outcome,
-            description,
-            sink.truncated,
-            sink.path,
-            actions,
-            child.pid,
-        )
+            started, ended, status.exit_code, status.signal, outcome, description,
+            sink.truncated, sink.path, actions, child.pid,
+        )  # fmt: skip
+
+    async def _exit_status(self, child: _Child, grace: float) -> process.Status:
+        """The child's Status. If its fork server died under it, the run is retried
+        (ForkServerLost) after a cleanup, unless the daemon was stopping it anyway."""
+        try:
+            return await asyncio.shield(child.exited)
+        except ForkServerLost:
+            if child.stop_reason is not None:
+                return process.Status(None, signal.SIGKILL)
+            if child.stopper is not None:
+                await child.stopper
+            await child.channel.aclose()
+            await self._reap_group(child, grace)
+            raise
 
     async def _settle_output(self, child: _Child, grace: float) -> None:
         """After the leader's reap: the result waits for the output, not for grandchildren."""
@@ -245,7 +253,7 @@ class Runner:
 
     async def _finish(self, child: _Child, grace: float) -> None:
         """Cleanup of a run whose caller went away (cancelled): reap, collect, close."""
-        await child.exited
+        await asyncio.wait({child.exited})
         if child.stopper is not None:
             await child.stopper
         await child.channel.aclose()

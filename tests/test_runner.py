@@ -78,15 +78,22 @@ def make_request(cb: Callback, owner: int | None = 1234, **event: Any) -> RunReq
     )
 
 
+@pytest.fixture(params=["fresh", "forkserver"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """supervisor_callback_python_mode: every Python run test runs both ways."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def runner(tmp_path: Path) -> AsyncIterator[Runner]:
-    r = Runner(make_settings(tmp_path))
+async def runner(tmp_path: Path, mode: str) -> AsyncIterator[Runner]:
+    r = Runner(make_settings(tmp_path, python_mode=mode))
     yield r
     await r.aclose()
 
 
 def with_settings(runner: Runner, tmp: Path, **changes: Any) -> Runner:
-    runner.update(make_settings(tmp, **changes))
+    mode = runner.forkserver_state()["mode"]
+    runner.update(make_settings(tmp, **{"python_mode": mode, **changes}))
     return runner
 
 
@@ -196,7 +203,9 @@ async def test_silent_run_leaves_no_log(runner: Runner) -> None:
     [("hang.py", signal.SIGTERM), ("ignore_term.pl", signal.SIGKILL)],
     ids=["dies-on-sigterm", "needs-sigkill"],
 )
-async def test_timeout(runner: Runner, tmp_path: Path, file: str, sig: int) -> None:
+async def test_timeout(runner: Runner, tmp_path: Path, file: str, sig: int, mode: str) -> None:
+    if file.endswith(".pl") and mode == "forkserver":
+        pytest.skip("perl never goes through the fork server")
     with_settings(runner, tmp_path, callback_timeout=1.0, kill_grace=0.5)
     result = await runner.run(make_request(make_callback(file)))
     assert (result.outcome, result.description) == ("timeout", "timed out after 1 s")
@@ -216,8 +225,8 @@ async def test_os_system_timeout_does_not_hold_up_other_runs(
     assert (await slow).outcome == "timeout"
 
 
-async def test_grandchild_is_stopped(tmp_path: Path, subreaper: None) -> None:
-    runner = Runner(make_settings(tmp_path, kill_grace=0.5))
+async def test_grandchild_is_stopped(tmp_path: Path, subreaper: None, mode: str) -> None:
+    runner = Runner(make_settings(tmp_path, kill_grace=0.5, python_mode=mode))
     result = await runner.run(make_request(make_callback("grandchild.py")))
     assert result.outcome == "ok"
     await runner.aclose()  # awaits the group cleanup
@@ -241,12 +250,12 @@ async def test_output_is_capped(runner: Runner) -> None:
 
 @pytest.mark.parametrize("file", ["dump.py", "dump.pl"], ids=["python", "perl"])
 async def test_environment_cwd_and_stdin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str, mode: str
 ) -> None:
     for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "WATCHDOG_USEC", "SECRET"):
         monkeypatch.setenv(name, "leak")
     monkeypatch.setenv("LANG", "C.UTF-8")
-    runner = Runner(make_settings(tmp_path))
+    runner = Runner(make_settings(tmp_path, python_mode=mode))
     req = dataclasses.replace(
         make_request(make_callback(file), type="work", subid=2, work="frame5", host="node7"),
         redelivered=True,
@@ -303,14 +312,14 @@ async def test_big_document_blocks_nothing(runner: Runner) -> None:
     assert result.outcome == "ok" and len(result.actions) == 6
 
 
-async def test_jobinfo_comes_from_the_provider(tmp_path: Path) -> None:
+async def test_jobinfo_comes_from_the_provider(tmp_path: Path, mode: str) -> None:
     asked: list[tuple[str, Any]] = []
 
     async def registry(by: str, value: Any) -> list[dict[str, Any]]:
         asked.append((by, value))
         return [{"id": value, "from": "registry"}]
 
-    runner = Runner(make_settings(tmp_path), jobinfo=registry)
+    runner = Runner(make_settings(tmp_path, python_mode=mode), jobinfo=registry)
     result = await runner.run(make_request(make_callback("actions.py")))
     await runner.aclose()
     answers = json.loads(output_lines(result)[1])

@@ -1,0 +1,223 @@
+"""Starting a run's process: stdin document, output pipe, qb channel; spawned or forked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from supervisord import process
+from supervisord.forkserver import ForkServer
+from supervisord.model import Settings
+from supervisord.runchannel import to_json
+from supervisord.runenv import (
+    RUNTIME_DIR,
+    RunAs,
+    base_env,
+    command,
+    rlimits,
+    run_env,
+    stdin_doc,
+)
+from supervisord.runtypes import RunRequest
+
+log = logging.getLogger(__name__)
+
+# How a child is started:
+SPAWN: Final = "spawn"  # posix_spawn of the interpreter: the path when nothing needs more
+CODE: Final = "code"  # a Python callback forked from the warm fork server (no exec)
+EXEC: Final = "exec"  # forked by the fork server, which switches user / sets limits, then execs
+
+
+class ForkServers:
+    """Keeps one fork server up: started on first use, restarted after it dies, replaced
+    (after its runs end) when the interpreter changes."""
+
+    def __init__(self) -> None:
+        self._server: ForkServer | None = None
+        self._starting: asyncio.Task[ForkServer] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+        self._ended_runs = 0
+        self.restarts = 0
+
+    async def get(self, interpreter: str, env: Mapping[str, str], grace: float) -> ForkServer:
+        """A live server on ``interpreter``; ForkServerLost if one cannot be started."""
+        server = self._server
+        if server is not None and server.is_alive and server.interpreter == interpreter:
+            return server
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(
+                self._replace(interpreter, env, grace)
+            )
+            self._starting.add_done_callback(self._started)
+        return await asyncio.shield(self._starting)
+
+    def state(self) -> dict[str, Any]:
+        server = self._server
+        if server is None:
+            return {"pid": None, "restarts": self.restarts, "runs": self._ended_runs}
+        pid = server.pid if server.is_alive else None
+        return {"pid": pid, "restarts": self.restarts, "runs": self._ended_runs + server.runs}
+
+    async def aclose(self, grace: float) -> None:
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        server = self._server
+        if server is not None:
+            await server.aclose(grace)
+        while self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+    async def _replace(self, interpreter: str, env: Mapping[str, str], grace: float) -> ForkServer:
+        old = self._server
+        if old is not None:
+            self._server = None
+            self._ended_runs += old.runs
+            if old.is_alive:  # another interpreter now: the old one finishes its runs first
+                task = asyncio.get_running_loop().create_task(old.aclose(grace))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            else:
+                self.restarts += 1
+        self._server = await ForkServer.start(interpreter, env)
+        return self._server
+
+    def _started(self, task: asyncio.Task[ForkServer]) -> None:
+        self._starting = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("fork server start failed reason=%s", task.exception())
+
+
+def choose(language: str, python_mode: str, confined: bool, last_try: bool) -> str:
+    """SPAWN, CODE or EXEC. ``confined``: a user switch or a limit applies (posix_spawn
+    can do neither). A run's last try, after fork servers died under it, spawns when it
+    can: a server that keeps dying costs speed, never a run."""
+    if language == "python" and python_mode == "forkserver" and not (last_try and not confined):
+        return CODE
+    return EXEC if confined else SPAWN
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A run's process and the daemon's ends of its pipes."""
+
+    pid: int
+    exited: asyncio.Future[process.Status] | None  # the fork server's report; None: ours
+    output: int  # read end of the stdout/stderr pipe
+    channel: socket.socket  # the daemon's end of fd 3
+    doc: bytes  # the stdin document, one JSON line
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything a start needs besides the run itself."""
+
+    how: str
+    forks: ForkServers
+    server_interpreter: str  # the fork server's (callback_python, else the daemon's)
+    server_env: Mapping[str, str]
+    grace: float
+    runas: RunAs | None
+    limits: tuple[tuple[int, int], ...]
+
+
+class Starter:
+    """How runs start under one Settings: the user they run as, their base environment,
+    limits, interpreters. Runner.update() builds a new one; runs in flight keep theirs."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str], forks: ForkServers):
+        self.settings = settings
+        who = process.resolve_user(settings.callback_user, os.geteuid())
+        self.problem = who if isinstance(who, str) else None  # why no run can start
+        user, self._runas = (pwd.getpwuid(os.geteuid()), None) if isinstance(who, str) else who
+        self._base = base_env(settings, environ, user)
+        self._limits = rlimits(settings)
+        self._forks = forks
+        self._interpreters: dict[str, str] = {}
+
+    def argv(self, req: RunRequest) -> list[str] | str:
+        """The command line, or why there is none."""
+        cb = req.callback
+        name = {"python": self.settings.callback_python, "perl": self.settings.callback_perl}
+        if cb.language not in name:
+            return f"no interpreter for language {cb.language}"
+        interpreter = self._interpreter(name[cb.language])
+        if interpreter is None:
+            return f"interpreter {name[cb.language]!r} not found"
+        return command(cb.language, interpreter, cb.path)
+
+    async def start(self, req: RunRequest, argv: list[str], last_try: bool) -> Started:
+        """See start(); a run's last try avoids the fork server if it can."""
+        settings = self.settings
+        confined = self._runas is not None or bool(self._limits)
+        launch = Launch(
+            choose(req.callback.language, settings.python_mode, confined, last_try),
+            self._forks,
+            self._interpreter(settings.callback_python) or sys.executable,
+            {**self._base, "PYTHONPATH": RUNTIME_DIR},
+            settings.kill_grace,
+            self._runas,
+            self._limits,
+        )
+        return await start(req, argv, run_env(self._base, req), launch)
+
+    def _interpreter(self, name: str) -> str | None:
+        found = self._interpreters.get(name) or shutil.which(name, path=self._base["PATH"])
+        if found is not None:
+            self._interpreters[name] = found
+        return found
+
+
+async def start(req: RunRequest, argv: list[str], env: dict[str, str], launch: Launch) -> Started:
+    """Start the process with its stdin document, output pipe and qb channel. Raises
+    OSError/ValueError (spawn), SpawnRefused or ForkServerLost; leaves nothing open then."""
+    doc = to_json(stdin_doc(req))
+    stdin = os.memfd_create("qbcallback-stdin")
+    ours, theirs = socket.socketpair()
+    read_end, write_end = os.pipe()
+    try:
+        view = memoryview(doc)
+        while view:  # memory, never blocks: a big document cannot stall the loop
+            view = view[os.write(stdin, view) :]
+        os.lseek(stdin, 0, os.SEEK_SET)
+        if launch.how == SPAWN:
+            fds = (stdin, write_end, write_end, theirs.fileno())
+            pid = process.spawn(argv, env, cwd=req.callback.dir, fds=fds)
+            return Started(pid, None, read_end, ours, doc)
+        server = await launch.forks.get(launch.server_interpreter, launch.server_env, launch.grace)
+        pid, exited = await server.spawn(
+            _fork_request(req, argv, env, launch), (stdin, write_end, theirs.fileno())
+        )
+        return Started(pid, exited, read_end, ours, doc)
+    except BaseException:
+        os.close(read_end)
+        ours.close()
+        raise
+    finally:
+        os.close(stdin)
+        os.close(write_end)
+        theirs.close()
+
+
+def _fork_request(
+    req: RunRequest, argv: list[str], env: dict[str, str], launch: Launch
+) -> dict[str, Any]:
+    runas = launch.runas
+    request: dict[str, Any] = {
+        "cwd": req.callback.dir,
+        "env": env,
+        "creds": None if runas is None else [runas.uid, runas.gid, list(runas.groups)],
+        "limits": [list(limit) for limit in launch.limits],
+    }
+    if launch.how == CODE:
+        request["path"] = req.callback.path
+    else:
+        request["argv"] = argv
+    return request
