@@ -87,8 +87,12 @@ def test_latches_survive_a_restart(daemon_factory: Callable[..., Daemon]) -> Non
 def test_globaltime_fires_a_second_later_without_a_job(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
-    when = int(time.time()) + 2 - 946702800  # Qube time, two seconds ahead
-    d = daemon_factory({"rec.py": RECORD}, f"rec.py = globaltime-{when}\n")
+    d = daemon_factory({"rec.py": RECORD}, "")
+    # Loaded by a reload once the daemon is up, so a slow start cannot eat the lead time (a
+    # time already past when its callback is first loaded never fires).
+    when = int(time.time()) + 3 - 946702800  # Qube time, three seconds ahead
+    (d.root / "callback" / "callbacks.conf").write_text(f"rec.py = globaltime-{when}\n")
+    assert d.request({"op": "reload"}) == {"ok": True, "callbacks": 1}
     line = wait_for_file(d.root / "fired.txt")
     assert line.split("|") == ["-", f"globaltime-{when}", "-\n"]
     runs = d.request({"op": "history", "callback": "rec.py"})["runs"]
