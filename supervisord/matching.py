@@ -100,28 +100,61 @@ class Table:
         self.by_key: dict[str, int] = {}
         self.state_keys: tuple[str, ...] = tuple(state_key(cb) for cb in self.callbacks)
         self.live_keys: frozenset[str] = frozenset(self.state_keys)
-        index: dict[tuple[str, str], list[tuple[int, tuple[int, ...]]]] = {}
+        index: dict[_IndexKey, list[tuple[int, tuple[int, ...]]]] = {}
         timed: list[tuple[Callback, str, int, Term]] = []
         for i, cb in enumerate(self.callbacks):
             if sum(1 for _ in _leaves(cb.trigger)) != len(cb.terms):
                 raise ValueError(f"{cb.key}: terms do not match the trigger's terms")
             self.by_key.setdefault(cb.key, i)
-            watched: dict[tuple[str, str], list[int]] = {}
+            watched: dict[_IndexKey, list[int]] = {}
             for pos, term in enumerate(cb.terms):
                 if term.type in TIME_TYPES:
                     timed.append((cb, self.state_keys[i], pos, term))
                     continue
+                extra = _term_extra_key(term)
                 for name in _NAMES_OF_TERM.get(term.name or "", (term.name or "",)):
-                    watched.setdefault((name, term.type), []).append(pos)
+                    watched.setdefault((name, term.type, extra), []).append(pos)
             for pair, positions in watched.items():
                 index.setdefault(pair, []).append((i, tuple(positions)))
-        self._index: dict[tuple[str, str], _Candidates] = {k: tuple(v) for k, v in index.items()}
+        self._index: dict[_IndexKey, _Candidates] = {k: tuple(v) for k, v in index.items()}
         # (callback, its state key, term position, term) of every time term, in table order.
         self.time_terms: tuple[tuple[Callback, str, int, Term], ...] = tuple(timed)
 
-    def candidates(self, name: str, kind: str) -> _Candidates:
-        """(callback index, term positions) that may match an event of this name and type."""
-        return self._index.get((name, kind), ())
+    def candidates(self, name: str, kind: str, extra: str | None = None) -> _Candidates:
+        """(callback index, term positions) that may match an event of this name and type
+        whose subjob id, work name or host is ``extra``, in table order. Terms naming another
+        extra are never looked at, so they cost nothing (10,000 `complete-work-self-frameN`
+        callbacks cost an event of one frame one lookup)."""
+        anything = self._index.get((name, kind, None), ())
+        named = self._index.get((name, kind, extra), ()) if extra is not None else ()
+        if not named or not anything:
+            return named or anything
+        merged: dict[int, tuple[int, ...]] = dict(anything)
+        for i, positions in named:
+            merged[i] = tuple(sorted({*merged.get(i, ()), *positions}))
+        return tuple(sorted(merged.items()))
+
+
+_IndexKey = tuple[str, str, str | None]  # (event name, event type, extra or None = any)
+
+
+def _term_extra_key(term: Term) -> str | None:
+    """The extra a term is indexed under: None when it accepts any (None, `*`, job terms)."""
+    if term.type not in ("subjob", "work", "host") or term.extra in (None, "*"):
+        return None
+    if term.type == "subjob" and term.extra is not None and term.extra.isdecimal():
+        return str(int(term.extra))
+    return term.extra
+
+
+def _event_extra_key(event: Event) -> str | None:
+    if event.type == "subjob":
+        return None if event.subid is None else str(event.subid)
+    if event.type == "work":
+        return event.work
+    if event.type == "host":
+        return event.host
+    return None
 
 
 def state_key(cb: Callback) -> str:
@@ -263,7 +296,7 @@ def match(table: Table, state: MatchState, event: Event, *, dry_run: bool = Fals
     if event.type in TIME_TYPES:
         candidates = _clock_candidates(table, event)
     else:
-        candidates = table.candidates(event.name, event.type)
+        candidates = table.candidates(event.name, event.type, _event_extra_key(event))
     resolver = _Resolver(state.registry, event)
     firings: list[Firing] = []
     for i, positions in candidates:

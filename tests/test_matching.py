@@ -318,9 +318,28 @@ def test_large_table_matches_only_what_can_match() -> None:
     target = Term("complete", "work", "self", "frame5")
     callbacks.insert(5000, Callback("t.py", "/d", 0, "python", "x", target, (target,)))
     table = Table(callbacks)
-    assert len(table.candidates("complete", "work")) == 1
+    assert len(table.candidates("complete", "work", "frame5")) == 1
     [firing] = match(table, MatchState(60), event("complete-work", 3, work="frame5"))
     assert (firing.callback.file, firing.owner) == ("t.py", 3)
+
+
+def test_terms_of_other_extras_are_never_candidates() -> None:
+    """10,000 callbacks of one name and type told apart only by the work name: an event of
+    one frame looks at the callbacks of that frame and those of any frame, in table order."""
+    frames = [Term("complete", "work", "self", f"frame{i}") for i in range(10_000)]
+    callbacks = [
+        Callback(f"f{i}.py", "/d", i + 1, "python", "x", t, (t,)) for i, t in enumerate(frames)
+    ]
+    anyone = Term("complete", "work", "self", "*")
+    both = And((Term("complete", "work", "self", "frame7"), anyone))
+    callbacks.insert(3, Callback("any.py", "/d", 0, "python", "x", anyone, (anyone,)))
+    callbacks.append(Callback("both.py", "/d", 99_999, "python", "x", both, both.operands))
+    table = Table(callbacks)
+    assert [table.callbacks[i].file for i, _ in table.candidates("complete", "work", "frame7")] == [
+        "any.py", "f7.py", "both.py",
+    ]  # fmt: skip
+    got = match(table, MatchState(60), event("complete-work", 3, work="frame7"))
+    assert [f.callback.file for f in got] == ["any.py", "f7.py", "both.py"]
 
 
 @st.composite
