@@ -92,8 +92,12 @@ class JobRegistry:
             self._dirty.add(job_id)
 
     def _set_done(self, job_id: int, at: float) -> None:
+        # One heap entry per finished job: a job already done only moves its time, and
+        # `expire` pushes the entry again when it finds the time moved (no growth per event).
+        already = job_id in self._done_at
         self._done_at[job_id] = at
-        heapq.heappush(self._expiry, (at + self.retention, job_id))
+        if not already:
+            heapq.heappush(self._expiry, (at + self.retention, job_id))
         self._dirty.add(job_id)
 
     def _store(self, job_id: int, job: dict[str, Any]) -> None:
@@ -143,8 +147,11 @@ class JobRegistry:
         while self._expiry and self._expiry[0][0] <= now:
             due, job_id = heapq.heappop(self._expiry)
             done_at = self._done_at.get(job_id)
-            if done_at is None or done_at + self.retention != due:
-                continue  # revived or re-finished since this entry was pushed
+            if done_at is None:
+                continue  # revived since this entry was pushed
+            if done_at + self.retention > now:
+                heapq.heappush(self._expiry, (done_at + self.retention, job_id))
+                continue  # finished again later: wait for the later time
             self._forget(job_id)
             gone.append(job_id)
         return sorted(gone)

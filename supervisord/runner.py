@@ -72,6 +72,12 @@ class Runner:
         self._settings = settings
         self._starter = Starter(settings, self._environ, self._forks)
 
+    async def warm(self) -> None:
+        """Pay the fork server's start-up before the first event needs it (when Python
+        callbacks start from it); a failure here only means the first run starts it."""
+        if self._settings.python_mode == "forkserver" and self._starter.problem is None:
+            await self._starter.warm()
+
     def log_path(self, owner: int | None) -> str:
         return log_path(self._settings.logpath, owner)
 

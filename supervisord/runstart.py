@@ -168,6 +168,12 @@ class Starter:
         )
         return await start(req, argv, run_env(self._base, req), launch)
 
+    async def warm(self) -> None:
+        """Start the fork server now rather than on the first Python run."""
+        interpreter = self._interpreter(self.settings.callback_python) or sys.executable
+        env = {**self._base, "PYTHONPATH": RUNTIME_DIR}
+        await self._forks.get(interpreter, env, self.settings.kill_grace)
+
     def _interpreter(self, name: str) -> str | None:
         found = self._interpreters.get(name) or shutil.which(name, path=self._base["PATH"])
         if found is not None:
