@@ -145,7 +145,7 @@ class JobRegistry:
         """Forget jobs finished more than ``retention`` seconds before ``now``; their ids."""
         gone: list[int] = []
         while self._expiry and self._expiry[0][0] <= now:
-            due, job_id = heapq.heappop(self._expiry)
+            _, job_id = heapq.heappop(self._expiry)
             done_at = self._done_at.get(job_id)
             if done_at is None:
                 continue  # revived since this entry was pushed
