@@ -14,7 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Config, Section, fmt_num, machine_line, write_json
 from loops import auto_loop
 
-BENCHMARKS = ("e2e", "python", "intake", "clients", "latency", "matching", "rss", "crash", "inline")
+BENCHMARKS = (
+    "e2e",
+    "qcb",
+    "python",
+    "intake",
+    "clients",
+    "latency",
+    "matching",
+    "rss",
+    "crash",
+    "inline",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 # Metrics where a smaller number is better (latencies, memory); the rest are rates.
 LOWER_IS_BETTER = ("ms", "MiB")
