@@ -216,7 +216,7 @@ async def run_qcb(req: RunRequest, settings: Settings) -> RunResult:
     """Apply every code of a .qcb callback, in order; no process is started."""
     started = time.time()
     path = log_path(settings.logpath, req.owner)
-    sink = OutputSink(path, header_line(req, started), settings.output_limit)
+    sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit)
     actions: list[Action] = []
     problems: list[str] = []
     for code in req.callback.qcb:

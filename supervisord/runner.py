@@ -167,7 +167,7 @@ class Runner:
         context = f"run={req.run_id} callback={req.callback.file} pid={pid}"
         log.debug("spawned seq=%d job=%s %s", req.seq, req.owner, context)
         path = log_path(settings.logpath, req.owner)
-        sink = OutputSink(path, header_line(req, started), settings.output_limit)
+        sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit)
         answer = self._jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
         hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n"
         drain: PipeDrain | None = None

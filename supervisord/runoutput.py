@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
@@ -40,7 +41,7 @@ class OutputSink:
 
     __slots__ = ("_broken", "_fd", "_header", "_limit", "_tail", "kept", "path", "truncated")
 
-    def __init__(self, path: str, header: bytes, limit: int) -> None:
+    def __init__(self, path: str, header: Callable[[], bytes], limit: int) -> None:
         self.path = path
         self._header = header
         self._limit = max(0, limit)
@@ -81,7 +82,7 @@ class OutputSink:
             if self._fd is None:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._fd = os.open(self.path, _LOG_FLAGS, 0o644)
-                data = self._header + data
+                data = self._header() + data  # made only for runs that print something
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
