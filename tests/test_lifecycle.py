@@ -182,3 +182,25 @@ def test_peer_not_allowed_is_refused_with_its_uid(daemon_factory: Callable[..., 
     assert '"not_allowed"' in out.stdout and "65534" in out.stdout, out.stderr
     assert d.request({"op": "ping"})["ok"] is True
     assert d.request({"op": "status"})["events_total"] == 0
+
+
+def test_stop_leaves_no_process_behind(daemon_factory: Callable[..., Daemon]) -> None:
+    grandchild = (
+        "import os, pathlib, subprocess\n"
+        "p = subprocess.Popen(['sleep', '300'])\n"
+        "pathlib.Path(os.environ['QBDIR'], 'grandchild').write_text(str(p.pid))\n"
+    )
+    d = daemon_factory({"g.py": grandchild}, "g.py = complete-job-self\n")
+    server = d.request({"op": "status"})["forkserver"]
+    assert server["mode"] == "forkserver" and server["pid"], server
+    seq = d.request(event("complete", job=1))["seq"]
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    sleeper = int(wait_for_file(d.root / "grandchild"))
+    assert d.stop() == 0
+    for pid in (server["pid"], sleeper):
+        # Gone, or at most a zombie waiting for init (this sandbox's pid 1 does not reap).
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state == "Z", f"pid {pid} still running after stop (state {state})"
