@@ -169,11 +169,9 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except (QbError, OSError) as exc:
         _print(f"qbsupervisor: {exc}", sys.stderr)
         return EX_CONFIG
-    from supervisord import daemon  # asyncio and the rest: only serve needs them
+    from supervisord.serve import serve  # asyncio and the rest: only serve needs them
 
-    return daemon.serve(
-        qbconf, loop=args.loop, log_level=args.log_level, log_format=args.log_format
-    )
+    return serve(qbconf, loop=args.loop, log_level=args.log_level, log_format=args.log_format)
 
 
 def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Settings, Any]:

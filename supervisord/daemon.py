@@ -9,27 +9,23 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from supervisord import __version__
-from supervisord.errors import ConfigError, ConfigErrors, StoreError
+from supervisord.batch import Finished, Intake, Query, Started, Tick
+from supervisord.errors import ConfigErrors
 from supervisord.listener import allowed_uids, bind, unlink_if_ours
 from supervisord.load import Loaded, load_callbacks, read_qbconf
-from supervisord.logsetup import setup_logging
 from supervisord.matching import Table
 from supervisord.model import Event, Settings
 from supervisord.ops import Ops
 from supervisord.runner import Runner, RunRequest
 from supervisord.scheduler import Scheduler
-from supervisord.sequencer import Finished, Intake, Query, Sequencer, Started, Tick
+from supervisord.sequencer import Sequencer
 from supervisord.server import Connection, Reply
 from supervisord.systemd import Notifier, listen_fds, watchdog_interval
 
 log = logging.getLogger(__name__)
-
-
-# Seconds a thread holds the GIL before another may take it (CPython's default is 0.005).
-SWITCH_INTERVAL: Final = 0.001
 
 
 class Daemon:
@@ -311,40 +307,3 @@ class Daemon:
 def load_all(qbconf: str) -> tuple[Settings, Loaded]:
     settings = read_qbconf(qbconf, os.environ, sys.executable)
     return settings, load_callbacks(settings)
-
-
-def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
-          log_format: str = "text") -> int:  # fmt: skip
-    """`qbsupervisor serve`: 0 after a clean stop, 78 on bad configuration at start."""
-    try:
-        settings, loaded = load_all(qbconf_path)
-    except ConfigErrors as exc:
-        for err in exc.errors:
-            print(f"qbsupervisor: {err}", file=sys.stderr)
-        return 78
-    setup_logging(log_level or settings.log_level, log_format)
-    # posix_spawn releases the GIL while the child execs; getting it back from the busy
-    # sequencer thread otherwise waits out the 5 ms default switch interval, which cut the
-    # spawn rate by half in bench/b_e2e.py. 1 ms keeps the loop thread responsive.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    for warning in loaded.warnings:
-        log.warning("%s", warning)
-    daemon = Daemon(os.path.abspath(qbconf_path), settings, loaded)
-    try:
-        return run_loop(daemon.main(), loop)
-    except (ConfigError, StoreError) as exc:
-        log.error("cannot start: %s", exc)
-        print(f"qbsupervisor: {exc}", file=sys.stderr)
-        return 78
-
-
-def run_loop(main: Any, kind: str) -> int:
-    if kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise ConfigError("--loop", None, "uvloop is not installed") from None
-        else:
-            return int(uvloop.run(main))
-    return int(asyncio.run(main))

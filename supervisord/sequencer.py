@@ -9,15 +9,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from supervisord import store
+from supervisord.batch import Batch, Finished, Intake, Query, Reply, Started, Tick
 from supervisord.clock import due_events, next_deadline
 from supervisord.matching import MatchState, Table, match, owner_job
 from supervisord.model import Event, Settings
 from supervisord.recovery import callback_record, recover_runs
-from supervisord.runner import RunRequest, RunResult
+from supervisord.runner import RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -27,61 +27,6 @@ PRUNE_CHUNK: Final = 2000
 RUN_RECORD_LINGER: Final = 0.02
 # How often retention pruning and registry expiry run, in seconds.
 HOUSEKEEPING_INTERVAL: Final = 30.0
-
-Reply = dict[str, Any]
-
-
-@dataclass(slots=True)
-class Intake:
-    """Validated events from one read of one connection; `done` gets one reply each."""
-
-    events: list[Event]
-    done: Callable[[list[Reply]], None]
-
-
-@dataclass(slots=True)
-class Query:
-    """Work that reads or changes sequencer state, run in order with the writes."""
-
-    fn: Callable[[sqlite3.Connection, Sequencer], Any]
-    future: asyncio.Future[Any]
-
-
-@dataclass(slots=True)
-class Started:
-    run_id: int
-    at: float
-
-
-@dataclass(slots=True)
-class Finished:
-    req: RunRequest
-    result: RunResult
-
-
-@dataclass(slots=True)
-class Tick:
-    """Fire the time triggers now due."""
-
-
-@dataclass(slots=True)
-class Batch:
-    """What one commit carries, and what the loop learns once it is durable."""
-
-    events: list[tuple[int, str, float, str]] = field(default_factory=list)
-    ids: dict[str, int] = field(default_factory=dict)  # event_id -> seq within this batch
-    runs: list[tuple[Any, ...]] = field(default_factory=list)
-    started: list[tuple[float, int]] = field(default_factory=list)
-    finished: list[tuple[Any, ...]] = field(default_factory=list)
-    actions: list[tuple[Any, ...]] = field(default_factory=list)
-    new_requests: list[RunRequest] = field(default_factory=list)
-    replies: list[tuple[Callable[[list[Reply]], None], list[Reply]]] = field(default_factory=list)
-    queries: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = field(
-        default_factory=list
-    )
-
-    def is_write(self) -> bool:
-        return bool(self.events or self.runs or self.started or self.finished)
 
 
 class Sequencer:
