@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, Final
@@ -14,6 +15,18 @@ MAX_EVENT_ID: Final = 128
 _MISSING: Final = object()
 _NAMES_TEXT: Final = ", ".join(sorted(EVENT_NAMES))
 _TYPES_TEXT: Final = ", ".join(CLIENT_TYPES)
+
+
+class Received(dict[str, Any]):
+    """An event document (``Event.doc``) that keeps its request line, so the journal can
+    store the line as received plus what the daemon adds, instead of encoding it again.
+
+    ``head`` is the line without its closing brace, followed by ``time`` and ``work`` when
+    validation filled them in: parsed as JSON (the last of repeated keys wins, at the
+    first one's place), ``head`` + more members + ``}`` is this document plus ``op``."""
+
+    __slots__ = ("head",)
+    head: str
 
 
 def describe(value: Any) -> str:
@@ -50,47 +63,91 @@ def _fail(field: str, expected: str, value: Any) -> EventError:
     return EventError(field, f"expected {expected}, got {describe(value)}")
 
 
-def validate_event(doc: Mapping[str, Any], now: float) -> Event:
-    """Check ``doc`` against SPEC §3.1 and build an Event; raise EventError naming the field."""
-    if not isinstance(doc, Mapping):
+def validate_event(doc: Mapping[str, Any], now: float, line: str | None = None) -> Event:
+    """Check ``doc`` against SPEC §3.1 and build an Event; raise EventError naming the field.
+    ``line``, the JSON text ``doc`` was parsed from, makes the Event's doc a Received."""
+    if type(doc) is not dict and not isinstance(doc, Mapping):
         raise _fail("event", "a JSON object", doc)
-    op = doc.get("op", "event")
+    get = doc.get
+    op = get("op", "event")
     if op != "event":
         raise _fail("op", "'event'", op)
-    name = doc.get("name", _MISSING)
+    name = get("name", _MISSING)
     if not isinstance(name, str) or name not in EVENT_NAMES:
         raise _fail("name", f"an event name ({_NAMES_TEXT})", name)
-    kind = doc.get("type", _MISSING)
+    kind = get("type", _MISSING)
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise _fail("type", f"an event type ({_TYPES_TEXT})", kind)
-    job_id = _job_id(doc.get("job", _MISSING))
-    subid = _subid(doc.get("subid", _MISSING), required=kind == "subjob")
-    work = _work(doc.get("work", _MISSING), required=kind == "work")
-    host = _host(doc.get("host", _MISSING), required=kind == "host")
-    time = doc.get("time")
+    job_id = _job_id(get("job", _MISSING))
+    subid, work, host = _optional(doc, kind)
+    time = get("time")
     if time is None:
         time = now
     elif not _is_number(time):
         raise _fail("time", "a number (Unix seconds)", time)
-    event_id = _event_id(doc.get("event_id"))
-    fields = {key: value for key, value in doc.items() if key != "op"}
+    event_id = get("event_id")
+    if event_id is not None and not (
+        isinstance(event_id, str) and 0 < len(event_id) <= MAX_EVENT_ID
+    ):
+        _event_id(event_id)  # raises
+    if line is None or not line.isascii() or "\\u" in line:
+        _check_text(doc, "")  # the journal stores UTF-8: a lone surrogate would kill it
+    fields = dict(doc) if line is None else _received(doc, line, time, work)
+    fields.pop("op", None)
     fields["time"] = time
     if work is not None:
         fields["work"] = work
-    return Event(
-        name=name,
-        type=kind,
-        job_id=job_id,
-        subid=subid,
-        work=work,
-        host=host,
-        time=float(time),
-        event_id=event_id,
-        doc=fields,
-    )
+    return Event(name, kind, job_id, subid, work, host, float(time), event_id, fields)
+
+
+def _optional(doc: Mapping[str, Any], kind: str) -> tuple[int | None, str | None, str | None]:
+    """subid, work and host: usually absent, so checked only when present or required."""
+    get = doc.get
+    subid = work = host = None
+    if get("subid") is not None or kind == "subjob":
+        subid = _subid(get("subid", _MISSING), required=kind == "subjob")
+    if get("work") is not None or kind == "work":
+        work = _work(get("work", _MISSING), required=kind == "work")
+    if get("host") is not None or kind == "host":
+        host = _host(get("host", _MISSING), required=kind == "host")
+    return subid, work, host
+
+
+def _received(doc: Mapping[str, Any], line: str, time: Any, work: str | None) -> Received:
+    fields = Received(doc)
+    head = line.rstrip()[:-1]  # a parsed object: the text ends with "}" and JSON blanks
+    if doc.get("time") is None:
+        # repr is what json writes for a finite float (`now` is one), without its overhead
+        head += ',"time":' + (repr(time) if type(time) is float else json.dumps(time))
+    if work is not None and work is not doc.get("work"):
+        head += ',"work":' + json.dumps(work, ensure_ascii=False)
+    fields.head = head
+    return fields
+
+
+def _check_text(value: Any, path: str) -> None:
+    """Raise EventError naming the first string (or key) in ``value`` that UTF-8 cannot
+    encode: JSON escapes can make lone surrogates, which no UTF-8 text can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise _fail(path or "event", "text without lone surrogates", value) from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            _check_text(key, inner)
+            _check_text(item, inner)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_text(item, f"{path}[{i}]")
 
 
 def _job_id(job: Any) -> int:
+    if type(job) is dict:
+        job_id = job.get("id")
+        if type(job_id) is int and job_id >= 0:
+            return job_id
     if not isinstance(job, Mapping):
         raise _fail("job", "an object with an 'id'", job)
     job_id = job.get("id", _MISSING)

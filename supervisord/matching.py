@@ -297,6 +297,8 @@ def match(table: Table, state: MatchState, event: Event, *, dry_run: bool = Fals
         candidates = _clock_candidates(table, event)
     else:
         candidates = table.candidates(event.name, event.type, _event_extra_key(event))
+    if not candidates:
+        return []
     resolver = _Resolver(state.registry, event)
     firings: list[Firing] = []
     for i, positions in candidates:

@@ -72,7 +72,8 @@ class JobRegistry:
         new = dict(old)
         # Shallow: job objects come from JSON and are never changed in place here; `get`
         # hands out deep copies.
-        new.update(event.job)
+        job = event.doc.get("job")
+        new.update(job if type(job) is dict else event.job)
         new["id"] = job_id
         if event.type == "job":
             self._track_status(job_id, new, event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import sqlite3
@@ -14,8 +15,9 @@ from typing import Any, Final
 from supervisord import store
 from supervisord.batch import Batch, Finished, Intake, Query, Reply, Started, Tick
 from supervisord.clock import due_events, next_deadline
+from supervisord.events import Received
 from supervisord.matching import MatchState, Table, match, owner_job
-from supervisord.model import Event, Settings
+from supervisord.model import Event, Firing, Settings
 from supervisord.recovery import callback_record, recover_runs
 from supervisord.runner import RunRequest
 
@@ -27,6 +29,18 @@ PRUNE_CHUNK: Final = 2000
 RUN_RECORD_LINGER: Final = 0.02
 # How often retention pruning and registry expiry run, in seconds.
 HOUSEKEEPING_INTERVAL: Final = 30.0
+
+
+_string: Final = json.encoder.encode_basestring  # how store.dumps writes a str
+
+
+def journal_text(event: Event, seq: int, eid: str) -> str:
+    """The journal's copy of the event document with its seq and event_id (SPEC §4):
+    the request line plus those members when the server kept it, else the encoded doc."""
+    doc = event.doc
+    if isinstance(doc, Received):
+        return f'{doc.head},"seq":{seq},"event_id":{_string(eid)}}}'
+    return store.dumps(dict(doc, seq=seq, event_id=eid))
 
 
 class Sequencer:
@@ -48,6 +62,7 @@ class Sequencer:
         self._db: sqlite3.Connection | None = None
         self.state = MatchState(settings.job_retention)
         self.counters: dict[str, int] = dict.fromkeys(store.COUNTERS, 0)
+        self._stored = dict(self.counters)
         self._last_housekeeping = 0.0
         self.clean_start = True
         self._id_prefix = "qb-"
@@ -59,6 +74,7 @@ class Sequencer:
         """Open the journal, load state; returns the runs to redeliver. Blocking, at start."""
         self._db = db = store.connect(self.settings.state_dir, self.settings.journal_sync)
         self.counters = store.read_counters(db)
+        self._stored = dict(self.counters)  # as in the journal: commits write what changed
         self.clean_start = store.read_flag(db, "clean_shutdown") != "0"
         self._id_prefix = store.id_prefix(db)
         self._load_state(db)
@@ -79,7 +95,7 @@ class Sequencer:
             self._thread.join()
         if self._db is not None:
             if clean:
-                store.write_meta(self._db, {"clean_shutdown": 1})
+                store.write_meta(self._db, {**self.counters, "clean_shutdown": 1})
             self._db.close()
 
     # -- the thread ------------------------------------------------------------------------
@@ -148,21 +164,34 @@ class Sequencer:
         self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
 
     def _accept(self, event: Event, batch: Batch) -> Reply:
-        assert self._db is not None
         eid = event.event_id
         if eid is not None:
             seq = self._known.get(eid) or batch.ids.get(eid)
             if seq is not None:
                 return {"ok": True, "seq": seq, "event_id": eid, "duplicate": True, "matched": []}
-        seq = self.counters["last_seq"] + 1
-        self.counters["last_seq"] = seq
+        counters = self.counters
+        seq = counters["last_seq"] = counters["last_seq"] + 1
+        counters["events_total"] += 1
         if eid is None:
             eid = self._auto_id(seq, batch)
         firings = match(self.table, self.state, event)
-        doc = dict(event.doc, seq=seq, event_id=eid)
-        batch.events.append((seq, eid, time.time(), store.dumps(doc)))
+        batch.events.append((seq, eid, time.time(), journal_text(event, seq, eid)))
         batch.ids[eid] = seq
-        self.counters["events_total"] += 1
+        names: list[str] = []
+        if firings:
+            self._add_runs(event, seq, eid, firings, batch)
+            names = [f.callback.file for f in firings]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "received seq=%d event_id=%s event=%s-%s job=%s matched=%s",
+                seq, eid, event.name, event.type, event.job_id, names,
+            )  # fmt: skip
+        return {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": names}
+
+    def _add_runs(
+        self, event: Event, seq: int, eid: str, firings: list[Firing], batch: Batch
+    ) -> None:
+        doc = dict(event.doc, seq=seq, event_id=eid)
         for firing in firings:
             run_id = self.counters["last_run_id"] + 1
             self.counters["last_run_id"] = run_id
@@ -175,13 +204,6 @@ class Sequencer:
             batch.new_requests.append(
                 RunRequest(run_id, seq, eid, firing.callback, firing.owner, doc, job)
             )
-        names = [f.callback.file for f in firings]
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "received seq=%d event_id=%s event=%s-%s job=%s matched=%s",
-                seq, eid, event.name, event.type, event.job_id, names,
-            )  # fmt: skip
-        return {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": names}
 
     def _stored_ids(self, items: list[Any]) -> dict[str, int]:
         """One lookup for every client event id of this batch: which are already stored."""
@@ -255,8 +277,12 @@ class Sequencer:
             store.save_state(
                 db, s.registry.take_dirty(), s.latches.take_dirty(), s.clock.take_dirty()
             )
-            store.write_meta(db, self.counters)
+            changed = {k: v for k, v in self.counters.items() if self._stored[k] != v}
+            if changed.keys() - store.EVENT_COUNTERS:
+                store.write_meta(db, changed)
             db.execute("COMMIT")
+            if changed.keys() - store.EVENT_COUNTERS:
+                self._stored = dict(self.counters)
         except sqlite3.Error as exc:
             log.error("journal write failed error=%s events=%d", exc, len(batch.events))
             self._last_error = str(exc)

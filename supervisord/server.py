@@ -27,8 +27,37 @@ def error(code: str, message: str, **extra: Any) -> Reply:
     return {"ok": False, "error": {"code": code, "message": message}, **extra}
 
 
+_dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_string: Final = json.encoder.encode_basestring  # what _dumps does to a str
+_decode: Final = json.JSONDecoder().decode
+_ACK_KEYS: Final = ("ok", "seq", "event_id", "duplicate", "matched")
+_ACK: Final = '{"ok":true,"seq":%d,"event_id":%s,"duplicate":%s,"matched":%s}\n'
+
+
 def encode(reply: Reply) -> bytes:
-    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return (_dumps(reply) + "\n").encode()
+
+
+def encode_ack(reply: Reply) -> bytes:
+    """`encode` for any reply, with a shortcut for the event acknowledgement (SPEC §3.1):
+    the same bytes, without walking the dict."""
+    if tuple(reply) != _ACK_KEYS or reply["ok"] is not True or type(reply["seq"]) is not int:
+        return encode(reply)
+    matched, eid = reply["matched"], reply["event_id"]
+    names = "[]" if not matched else _dumps(matched)
+    yes = "true" if reply["duplicate"] is True else "false" if reply["duplicate"] is False else ""
+    if not yes or type(eid) is not str:
+        return encode(reply)
+    return (_ACK % (reply["seq"], _string(eid), yes, names)).encode()
+
+
+def parse_line(line: bytes) -> tuple[Any, str | None]:
+    """json.loads(line), minus its encoding sniffing for the usual line (an object in
+    UTF-8), and the text parsed when it is that line."""
+    if line[:1] == b"{" and line[1:2] != b"\0":
+        text = line.decode("utf-8", "surrogatepass")  # what json.loads picks
+        return _decode(text), text
+    return json.loads(line), None
 
 
 class Backend(Protocol):
@@ -158,11 +187,11 @@ class Connection(asyncio.Protocol):
 
     def _handle_line(self, line: bytes, events: list[tuple[Event, Slot]]) -> bool:
         """Answer or queue one request line; False when it must wait (congestion)."""
-        if not line.strip():
+        if line[:1] != b"{" and not line.strip():
             self._push(error("bad_json", "empty request line: expected one JSON object"))
             return True
         try:
-            doc = json.loads(line)
+            doc, text = parse_line(line)
         except (UnicodeDecodeError, ValueError) as exc:
             self._push(error("bad_json", f"request is not valid JSON: {exc}"))
             return True
@@ -177,7 +206,7 @@ class Connection(asyncio.Protocol):
         elif op == "event":
             if self._is_congested():
                 return False  # this line and the rest wait for `resume`
-            self._take_event(doc, events)
+            self._take_event(doc, text, events)
         else:
             self._flush_events(events)
             slot = Slot()
@@ -185,9 +214,11 @@ class Connection(asyncio.Protocol):
             self._spawn(self._call(op, doc, slot))
         return True
 
-    def _take_event(self, doc: dict[str, Any], events: list[tuple[Event, Slot]]) -> None:
+    def _take_event(
+        self, doc: dict[str, Any], text: str | None, events: list[tuple[Event, Slot]]
+    ) -> None:
         try:
-            event = validate_event(doc, time.time())
+            event = validate_event(doc, time.time(), text)
         except EventError as exc:
             self._push(error("invalid_event", str(exc), field=exc.field))
             return
@@ -204,7 +235,7 @@ class Connection(asyncio.Protocol):
 
         def done(replies: list[Reply]) -> None:
             for slot, reply in zip(slots, replies, strict=True):
-                slot.data = encode(reply)
+                slot.data = encode_ack(reply)
             self._write_ready()
 
         self.backend.submit_events(batch, done)

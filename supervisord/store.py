@@ -42,6 +42,9 @@ SYNC_MODES: Final = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 # Counters kept in `meta` so the totals of `status` span the daemon's whole life.
 COUNTERS: Final = ("last_seq", "last_run_id", "events_total", "runs_total", "runs_failed")
+# The counters only events change: a commit writes them only along with the others, since
+# read_counters can recount them from the events table (one page less per commit).
+EVENT_COUNTERS: Final = frozenset({"last_seq", "events_total"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,8 @@ class RunRow:
     event_doc: dict[str, Any]
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every write: json.dumps with options builds a new one per call.
+dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:
@@ -84,8 +87,15 @@ def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:
 
 
 def read_counters(db: sqlite3.Connection) -> dict[str, int]:
+    """The counters as of the last commit. A commit of events alone does not write them
+    (see EVENT_COUNTERS): the newest stored event, which prune keeps, brings them up to date."""
     rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    return {name: int(rows.get(name, 0)) for name in COUNTERS}
+    counters = {name: int(rows.get(name, 0)) for name in COUNTERS}
+    newest = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+    if newest > counters["last_seq"]:  # each accepted event added one to both
+        counters["events_total"] += newest - counters["last_seq"]
+        counters["last_seq"] = newest
+    return counters
 
 
 def read_flag(db: sqlite3.Connection, name: str) -> str | None:
@@ -94,6 +104,8 @@ def read_flag(db: sqlite3.Connection, name: str) -> str | None:
 
 
 def write_meta(db: sqlite3.Connection, items: dict[str, Any]) -> None:
+    if not items:
+        return
     db.executemany(
         "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [(k, str(v)) for k, v in items.items()],
@@ -126,11 +138,12 @@ def id_prefix(db: sqlite3.Connection) -> str:
 
 
 def insert_events(db: sqlite3.Connection, rows: Sequence[tuple[int, str, float, str]]) -> None:
-    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+    _many(db, "INSERT INTO events VALUES (?, ?, ?, ?)", rows)
 
 
 def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    db.executemany(
+    _many(
+        db,
         "INSERT INTO runs (run_id, seq, event_id, callback, cb_key, cb, owner, job, state)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
         rows,
@@ -138,14 +151,16 @@ def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None
 
 
 def mark_started(db: sqlite3.Connection, rows: Sequence[tuple[float, int]]) -> None:
-    db.executemany(
+    _many(
+        db,
         "UPDATE runs SET state = 'running', started = ?, attempts = attempts + 1 WHERE run_id = ?",
         rows,
     )
 
 
 def mark_finished(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    db.executemany(
+    _many(
+        db,
         "UPDATE runs SET state = 'finished', started = ?, ended = ?, exit_code = ?, signal = ?,"
         " outcome = ?, description = ?, truncated = ?, log = ?, actions = ? WHERE run_id = ?",
         rows,
@@ -153,7 +168,8 @@ def mark_finished(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
 
 
 def insert_actions(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    db.executemany(
+    _many(
+        db,
         "INSERT INTO actions (run_id, seq, callback, job_id, action, target)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         rows,
@@ -169,8 +185,15 @@ def unfinished_runs(db: sqlite3.Connection) -> Iterator[RunRow]:
     for run_id, seq, event_id, cb, owner, job, attempts, doc in cur:
         yield RunRow(
             run_id, seq, event_id, json.loads(cb), owner, json.loads(job), attempts,
-            json.loads(doc) if doc else {"seq": seq, "event_id": event_id},
+            event_doc(doc) if doc else {"seq": seq, "event_id": event_id},
         )  # fmt: skip
+
+
+def event_doc(text: str) -> dict[str, Any]:
+    """An event document as journalled: the request line may still carry its `op`."""
+    doc: dict[str, Any] = json.loads(text)
+    doc.pop("op", None)
+    return doc
 
 
 def save_state(
@@ -180,26 +203,40 @@ def save_state(
     clock: dict[Any, Any],
 ) -> None:
     """Persist what the matcher changed in this batch (None means deleted)."""
-    db.executemany(
-        "INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-        [(k, dumps(v)) for k, v in jobs.items() if v is not None],
-    )
-    db.executemany("DELETE FROM jobs WHERE id = ?", [(k,) for k, v in jobs.items() if v is None])
-    db.executemany(
-        "INSERT OR REPLACE INTO latches VALUES (?, ?, ?)",
-        [(k[0], k[1], dumps(sorted(v))) for k, v in latches.items() if v],
-    )
-    db.executemany(
-        "DELETE FROM latches WHERE cb_key = ? AND owner IS ?",
-        [(k[0], k[1]) for k, v in latches.items() if not v],
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO clock VALUES (?, ?)",
-        [(dumps(k), dumps(v)) for k, v in clock.items() if v is not None],
-    )
-    db.executemany(
-        "DELETE FROM clock WHERE key = ?", [(dumps(k),) for k, v in clock.items() if v is None]
-    )
+    if jobs:
+        _many(
+            db,
+            "INSERT OR REPLACE INTO jobs VALUES (?, ?)",
+            [(k, dumps(v)) for k, v in jobs.items() if v is not None],
+        )
+        _many(db, "DELETE FROM jobs WHERE id = ?", [(k,) for k, v in jobs.items() if v is None])
+    if latches:
+        _many(
+            db,
+            "INSERT OR REPLACE INTO latches VALUES (?, ?, ?)",
+            [(k[0], k[1], dumps(sorted(v))) for k, v in latches.items() if v],
+        )
+        _many(
+            db,
+            "DELETE FROM latches WHERE cb_key = ? AND owner IS ?",
+            [(k[0], k[1]) for k, v in latches.items() if not v],
+        )
+    if clock:
+        _many(
+            db,
+            "INSERT OR REPLACE INTO clock VALUES (?, ?)",
+            [(dumps(k), dumps(v)) for k, v in clock.items() if v is not None],
+        )
+        _many(
+            db,
+            "DELETE FROM clock WHERE key = ?",
+            [(dumps(k),) for k, v in clock.items() if v is None],
+        )
+
+
+def _many(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    if rows:
+        db.executemany(sql, rows)
 
 
 def load_jobs(db: sqlite3.Connection) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -271,7 +308,8 @@ def prune(db: sqlite3.Connection, before: float, chunk: int) -> int:
     ).rowcount
     n += db.execute(
         "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE received < ?"
-        " AND seq NOT IN (SELECT seq FROM runs) ORDER BY seq LIMIT ?)",
+        " AND seq NOT IN (SELECT seq FROM runs) AND seq < (SELECT max(seq) FROM events)"
+        " ORDER BY seq LIMIT ?)",  # the newest stays: read_counters needs it
         (before, chunk),
     ).rowcount
     n += db.execute(

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from supervisord import store
 from tests.daemon_harness import DEADLINE, Client, Daemon, event, wait_for_file
 
 # Perl is the cheapest child a callbacks.conf can name; O_APPEND keeps lines whole.
@@ -156,3 +157,28 @@ def test_reloads_under_load_lose_nothing(daemon_factory: Callable[..., Daemon]) 
     last = d.request({"op": "status"})["last_seq"]
     assert d.request({"op": "wait", "seq": last, "timeout": DEADLINE})["done"]
     assert {eid for eid, _ in ran(d.root)} == set(acked)
+
+
+def test_counters_are_recounted_from_the_newest_event(tmp_path: Path) -> None:
+    # A commit of events alone leaves `meta` behind; the events table has the truth, and
+    # pruning always keeps the newest event so that it stays there.
+    db = store.connect(str(tmp_path))
+    store.write_meta(db, {"last_seq": 2, "events_total": 5, "runs_total": 1})
+    store.insert_events(db, [(s, f"e{s}", 0.0, "{}") for s in (1, 2, 3, 4)])
+    counters = store.read_counters(db)
+    assert (counters["last_seq"], counters["events_total"], counters["runs_total"]) == (4, 7, 1)
+    assert store.prune(db, 10.0, 100) == 3
+    assert store.read_counters(db)["last_seq"] == 4
+    db.close()
+
+
+def test_seq_continues_after_kill9_of_event_only_commits(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    d = daemon_factory({"record.pl": RECORD}, "record.pl = failed-job-self\n")
+    seqs = [d.request(event("complete", job=n))["seq"] for n in range(1, 4)]
+    d.kill9()
+    d.start()
+    status = d.request({"op": "status"})
+    assert (status["last_seq"], status["events_total"]) == (seqs[-1], 3)
+    assert d.request(event("complete", job=9))["seq"] == seqs[-1] + 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from supervisord.errors import EventError
-from supervisord.events import describe, validate_event
+from supervisord.events import Received, describe, validate_event
+from supervisord.sequencer import journal_text
+from supervisord.store import event_doc
 
 NOW = 1764064000.0
 
@@ -156,3 +159,46 @@ DESCRIBED = [
 )
 def test_describe(value: Any, text: str) -> None:
     assert describe(value) == text
+
+
+# The journal keeps the request line plus what the daemon added (seq, event_id, time, the
+# work name as a string); read back, it must be the document callbacks see, keys in order.
+JOURNAL_LINES = [
+    pytest.param('{"op":"event","name":"complete","type":"job","job":{"id":1}}', id="plain"),
+    pytest.param('{"name":"complete","type":"job","job":{"id":1},"time":5}', id="time-given"),
+    pytest.param('{"name":"complete","type":"job","job":{"id":1},"time":null}', id="time-null"),
+    pytest.param('{"name":"complete","type":"work","job":{"id":1},"work":7}', id="work-int"),
+    pytest.param('{"name":"complete","type":"work","job":{"id":1},"work":"w"}', id="work-str"),
+    pytest.param('{"name":"complete","type":"job","job":{"id":1},"event_id":null}', id="id-null"),
+    pytest.param('{"name":"complete","type":"job","job":{"id":1},"event_id":"a\\"é"}', id="id"),
+    pytest.param('{"seq":3,"name":"complete","type":"job","job":{"id":1},"op":"event"}', id="seq"),
+    pytest.param('{"name":"x","name":"complete","type":"job","job":{"id":1}}', id="repeated-key"),
+    pytest.param(' { "name" : "complete" , "type":"job","job":{"id":1} }\t\r ', id="blanks"),
+]
+
+
+@pytest.mark.parametrize("line", JOURNAL_LINES)
+def test_journal_text_reads_back_as_the_event_document(line: str) -> None:
+    ev = validate_event(json.loads(line), NOW, line)
+    assert isinstance(ev.doc, Received)
+    want = dict(validate_event(json.loads(line), NOW).doc, seq=9, event_id="qb-1")
+    got = event_doc(journal_text(ev, 9, "qb-1"))
+    assert (got, list(got)) == (want, list(want))
+
+
+EVENT = '"name":"complete","type":"job","job":{"id":1'
+SURROGATES = [
+    pytest.param("{" + EVENT + ',"n":"\\ud800"}}', "job.n", id="job"),
+    pytest.param("{" + EVENT + '},"\\udfff":1}', "\\udfff", id="key"),
+    pytest.param("{" + EVENT + '},"event_id":"\\ud800"}', "event_id", id="event-id"),
+    pytest.param("{" + EVENT + '},"x":[1,"\\udc00"]}', "x[1]", id="in-array"),
+]
+
+
+@pytest.mark.parametrize(("line", "field"), SURROGATES)
+@pytest.mark.parametrize("with_line", [True, False], ids=["line", "no-line"])
+def test_lone_surrogates_are_refused(line: str, field: str, with_line: bool) -> None:
+    # JSON escapes can spell them; the journal (UTF-8) could not store them.
+    with pytest.raises(EventError) as err:
+        validate_event(json.loads(line), NOW, line if with_line else None)
+    assert err.value.field == field.encode().decode("unicode_escape", "surrogatepass")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisord.server import encode, encode_ack, parse_line
 from tests.daemon_harness import Client, Daemon, event, wait_for_file
 
 TOUCH = "import os, pathlib\npathlib.Path(os.environ['QBDIR'], 'ran-' + os.environ['QB_EVENT_SEQ']).write_text('x')\n"  # noqa: E501
@@ -43,6 +44,16 @@ BAD_REQUESTS = [
         id="unknown-name",
     ),
     pytest.param(b'{"op": "wait"}\n', "invalid_event", id="wait-without-seq"),
+    pytest.param(
+        b'{"name": "complete", "type": "job", "job": {"id": 1}, "x": "\\ud800"}\n',
+        "invalid_event",
+        id="escaped-lone-surrogate",
+    ),
+    pytest.param(
+        b'{"name": "complete", "type": "job", "job": {"id": 1}, "x": "\xed\xa0\x80"}\n',
+        "invalid_event",
+        id="raw-lone-surrogate",
+    ),
 ]
 
 
@@ -150,3 +161,50 @@ def test_callback_output_lands_in_the_job_log(daemon_factory: Callable[..., Daem
     log = Path(d.root / "logs" / "job" / "1000" / "1234" / "1234.cb")
     text = wait_for_file(log)
     assert "hello from 1234" in text and "say.py" in text.splitlines()[0]
+
+
+ACKS = [
+    pytest.param(
+        {"ok": True, "seq": 1, "event_id": "a", "duplicate": False, "matched": []}, id="new"
+    ),
+    pytest.param(
+        {"ok": True, "seq": 7, "event_id": 'é"\\\u2028', "duplicate": True, "matched": []},
+        id="escapes",
+    ),
+    pytest.param(
+        {"ok": True, "seq": 2, "event_id": "b", "duplicate": False, "matched": ["a.py", "b é"]},
+        id="matched",
+    ),
+    pytest.param({"ok": False, "error": {"code": "unavailable", "message": "m"}}, id="error"),
+    pytest.param(
+        {"ok": True, "seq": True, "event_id": "c", "duplicate": 1, "matched": []}, id="odd"
+    ),
+]
+
+
+@pytest.mark.parametrize("reply", ACKS)
+def test_ack_shortcut_writes_what_json_writes(reply: dict[str, object]) -> None:
+    want = json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    assert encode_ack(reply) == encode(reply) == want
+
+
+LINES = [
+    pytest.param(b'{"a": 1}', id="object"),
+    pytest.param(b'{"a": "\xed\xa0\x80"}', id="lone-surrogate"),
+    pytest.param(b'\xef\xbb\xbf{"a": 1}', id="utf8-bom"),
+    pytest.param('{"a": 1}'.encode("utf-16-le"), id="utf16"),
+    pytest.param(b'{"a": 1} x', id="extra-data"),
+    pytest.param(b"{", id="cut"),
+    pytest.param(b"[1]", id="array"),
+]
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_parse_line_is_json_loads(line: bytes) -> None:
+    def outcome(parse: Callable[[bytes], object]) -> object:
+        try:
+            return parse(line)
+        except ValueError as exc:
+            return repr(exc)
+
+    assert outcome(lambda b: parse_line(b)[0]) == outcome(json.loads)
