@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import pwd
+import select
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from supervisord.runenv import RunAs
 
@@ -17,6 +19,58 @@ from supervisord.runenv import RunAs
 # dup2(a, 1) never clobbers a source still to be dup2'd, and dup2(3, 3) (a no-op that
 # would keep close-on-exec) never happens.
 _LOW_FD_FLOOR: Final = 10
+
+log = logging.getLogger(__name__)
+
+
+class Readers(Protocol):
+    """Where a read callback is registered: the loop itself, or a Poller on it."""
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: int) -> bool: ...
+
+
+class Poller:
+    """One epoll set of the daemon's own, seen by the loop as one reader: a run's pidfd,
+    output pipe and channel cost one epoll_ctl each instead of a loop watcher each."""
+
+    __slots__ = ("_callbacks", "_epoll", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def remove_reader(self, fd: int) -> bool:
+        if self._callbacks.pop(fd, None) is None:
+            return False
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # closed already: the kernel dropped it from the set
+            return True
+        return True
+
+    def close(self) -> None:
+        if not self._epoll.closed:
+            self.loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._callbacks.clear()
+
+    def _dispatch(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            callback = self._callbacks.get(fd)  # None: removed by an earlier callback
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception:  # as the loop would: log it, serve the other fds
+                log.exception("reader callback failed fd=%d", fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +139,16 @@ def resolve_user(spec: str | None, euid: int) -> tuple[pwd.struct_passwd, RunAs 
     return entry, RunAs(entry.pw_uid, entry.pw_gid, tuple(groups))
 
 
-def watch(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[Status]:
+def watch(
+    loop: asyncio.AbstractEventLoop, pid: int, readers: Readers | None = None
+) -> asyncio.Future[Status]:
     """A future resolved with the child's Status once it exits; the child is reaped then."""
     pidfd = os.pidfd_open(pid)
     exited: asyncio.Future[Status] = loop.create_future()
+    on = loop if readers is None else readers
 
     def on_exit() -> None:
-        loop.remove_reader(pidfd)
+        on.remove_reader(pidfd)
         try:
             status = reap(pidfd)
         finally:
@@ -99,7 +156,7 @@ def watch(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[Status]:
         if not exited.done():
             exited.set_result(status)
 
-    loop.add_reader(pidfd, on_exit)
+    on.add_reader(pidfd, on_exit)
     return exited
 
 

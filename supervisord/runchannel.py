@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from supervisord.process import Readers
 from supervisord.runtypes import Action, JobInfo
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ class Channel:
         hello: bytes,
         answer: JobInfo,
         context: str,
+        readers: Readers | None = None,
     ) -> None:
         self._loop = loop
+        self._readers: Readers = loop if readers is None else readers
         self._sock = sock
         self._answer = answer
         self._context = context  # "run=12 callback=x.py", for log lines
@@ -75,7 +78,7 @@ class Channel:
         self._complaints = 0
         self.actions: list[Action] = []
         sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._on_readable)
+        self._readers.add_reader(sock.fileno(), self._on_readable)
         self._send(hello)
 
     async def aclose(self) -> tuple[Action, ...]:
@@ -121,7 +124,7 @@ class Channel:
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._sock.fileno())
+            self._readers.remove_reader(self._sock.fileno())
 
     def _feed(self, data: bytes) -> None:
         self._buf += data

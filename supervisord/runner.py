@@ -65,6 +65,7 @@ class Runner:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._closing = False
         self._forks = ForkServers()
+        self._poller: process.Poller | None = None
         self.update(settings)
 
     def update(self, settings: Settings) -> None:
@@ -120,6 +121,9 @@ class Runner:
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._forks.aclose(self._settings.kill_grace)
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
     def _refuse(self, req: RunRequest, settings: Settings) -> str | None:
         cb = req.callback
@@ -172,10 +176,11 @@ class Runner:
         hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n"
         drain: PipeDrain | None = None
         channel: Channel | None = None
+        readers = self._readers(loop)
         try:
-            drain = PipeDrain(loop, read_end, sink)
-            channel = Channel(loop, ours, hello, answer, context)
-            return _Child(pid, exited or process.watch(loop, pid), drain, channel)
+            drain = PipeDrain(loop, read_end, sink, readers)
+            channel = Channel(loop, ours, hello, answer, context, readers)
+            return _Child(pid, exited or process.watch(loop, pid, readers), drain, channel)
         except BaseException:  # out of fds, most likely: leave nothing behind
             process.kill_group(pid, signal.SIGKILL)
             if exited is None:
@@ -189,6 +194,13 @@ class Runner:
             else:
                 channel.abandon()
             raise
+
+    def _readers(self, loop: asyncio.AbstractEventLoop) -> process.Poller:
+        """The epoll set of this runner's children on ``loop`` (made on first use)."""
+        poller = self._poller
+        if poller is None or poller.loop is not loop:
+            poller = self._poller = process.Poller(loop)
+        return poller
 
     async def _await_child(
         self, req: RunRequest, child: _Child, settings: Settings, started: float
@@ -213,11 +225,12 @@ class Runner:
         actions = await child.channel.aclose()
         await self._settle_output(child, settings.kill_grace)
         outcome, description = _judge(status, child.stop_reason, timeout)
-        log.debug(
-            "exited seq=%d job=%s run=%d callback=%s pid=%d status=%r outcome=%s duration=%.3fs",
-            req.seq, req.owner, req.run_id, req.callback.file, child.pid, str(status), outcome,
-            ended - started,
-        )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "exited seq=%d job=%s run=%d callback=%s pid=%d status=%r outcome=%s"
+                " duration=%.3fs", req.seq, req.owner, req.run_id, req.callback.file, child.pid,
+                str(status), outcome, ended - started,
+            )  # fmt: skip
         sink = child.drain.sink
         return RunResult(
             started, ended, status.exit_code, status.signal, outcome, description,
@@ -243,11 +256,12 @@ class Runner:
         if process.is_group_alive(child.pid):
             self._own(self._reap_group(child, grace))  # awaited by aclose(), not by the caller
         else:
-            await self._reap_group(child, grace)
+            await self._reap_group(child, grace, alive=False)
 
-    async def _reap_group(self, child: _Child, grace: float) -> None:
-        """Stop whatever the leader left in its process group, then finish the output."""
-        if process.is_group_alive(child.pid):
+    async def _reap_group(self, child: _Child, grace: float, alive: bool = True) -> None:
+        """Stop whatever the leader left in its process group, then finish the output.
+        ``alive=False``: the caller just saw the group empty (a group never refills)."""
+        if alive and process.is_group_alive(child.pid):
             await process.stop_group(child.pid, grace, child.drain.eof)
         if not child.drain.eof.done():
             await asyncio.wait({child.drain.eof}, timeout=grace)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
+from supervisord.process import Readers
 from supervisord.runtypes import RunRequest
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,21 @@ class OutputSink:
 class PipeDrain:
     """Reads a non-blocking pipe on the loop into a sink until end of file."""
 
-    __slots__ = ("_fd", "_loop", "eof", "sink")
+    __slots__ = ("_fd", "_readers", "eof", "sink")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: OutputSink) -> None:
-        self._loop = loop
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        sink: OutputSink,
+        readers: Readers | None = None,
+    ) -> None:
+        self._readers: Readers = loop if readers is None else readers
         self._fd: int | None = fd
         self.sink = sink
         self.eof: asyncio.Future[None] = loop.create_future()
         os.set_blocking(fd, False)
-        loop.add_reader(fd, self._on_readable)
+        self._readers.add_reader(fd, self._on_readable)
 
     def _on_readable(self) -> None:
         if self._fd is None:
@@ -125,7 +132,7 @@ class PipeDrain:
         """Stop reading (at end of file, or when giving up on a holder that escaped)."""
         if self._fd is None:
             return
-        self._loop.remove_reader(self._fd)
+        self._readers.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = None
         self.sink.close()

@@ -141,6 +141,7 @@ class Starter:
         self._limits = rlimits(settings)
         self._forks = forks
         self._interpreters: dict[str, str] = {}
+        self._launches: dict[tuple[str, str], Launch] = {}
 
     def argv(self, req: RunRequest) -> list[str] | str:
         """The command line, or why there is none."""
@@ -157,15 +158,19 @@ class Starter:
         """See start(); a run's last try avoids the fork server if it can."""
         settings = self.settings
         confined = self._runas is not None or bool(self._limits)
-        launch = Launch(
-            choose(req.callback.language, settings.python_mode, confined, last_try),
-            self._forks,
-            self._interpreter(settings.callback_python) or sys.executable,
-            {**self._base, "PYTHONPATH": RUNTIME_DIR},
-            settings.kill_grace,
-            self._runas,
-            self._limits,
-        )
+        how = choose(req.callback.language, settings.python_mode, confined, last_try)
+        interpreter = self._interpreter(settings.callback_python) or sys.executable
+        launch = self._launches.get((how, interpreter))
+        if launch is None:  # the same for every such run of this Starter: made once
+            launch = self._launches[how, interpreter] = Launch(
+                how,
+                self._forks,
+                interpreter,
+                {**self._base, "PYTHONPATH": RUNTIME_DIR},
+                settings.kill_grace,
+                self._runas,
+                self._limits,
+            )
         return await start(req, argv, run_env(self._base, req), launch)
 
     async def warm(self) -> None:

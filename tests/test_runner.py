@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from supervisord.model import Callback, Settings, Term
-from supervisord.process import decode_status
+from supervisord.process import Poller, decode_status
 from supervisord.runner import Action, Runner, RunRequest, RunResult
 from supervisord.runtypes import log_path
 
@@ -375,3 +375,35 @@ async def test_aclose_stops_runs_in_flight(tmp_path: Path) -> None:
     assert result.signal in (signal.SIGTERM, signal.SIGKILL)  # SIGTERM if not yet ignored
     after = await runner.run(make_request(make_callback("ok.py")))
     assert after.outcome == "error"
+
+
+@pytest.mark.parametrize("failing", [0, 2], ids=["first-fails", "last-fails"])
+async def test_poller_serves_every_ready_fd_and_contains_a_failing_callback(failing: int) -> None:
+    loop = asyncio.get_running_loop()
+    poller = Poller(loop)
+    pipes = [os.pipe() for _ in range(3)]
+    seen: list[int] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def reader(i: int, fd: int) -> Any:
+        def on_readable() -> None:
+            os.read(fd, 16)
+            assert poller.remove_reader(fd)
+            seen.append(i)
+            if len(seen) == len(pipes):
+                done.set_result(None)
+            if i == failing:
+                raise RuntimeError("a broken callback")
+
+        return on_readable
+
+    for i, (read_end, _) in enumerate(pipes):
+        poller.add_reader(read_end, reader(i, read_end))
+    for _, write_end in pipes:
+        os.write(write_end, b"x")
+    await done
+    assert sorted(seen) == [0, 1, 2]
+    assert not poller.remove_reader(pipes[0][0])  # removed once, not twice
+    poller.close()
+    for fd in [fd for pair in pipes for fd in pair]:
+        os.close(fd)
