@@ -232,11 +232,13 @@ def last_seq(replies: list[bytes]) -> int:
 # ---------------------------------------------------------------- raw spawn baseline
 
 
-def raw_spawn_rate(argv: list[str], n: int, conc: int, cwd: str) -> float:
+def raw_spawn_rate(
+    argv: list[str], n: int, conc: int, cwd: str, env: dict[str, str] | None = None
+) -> float:
     """A raw os.posix_spawn + waitpid loop of the same command: the spawn ceiling."""
     devnull = os.open(os.devnull, os.O_RDWR)
     actions = [(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)]
-    env = {"PATH": "/usr/bin:/bin"}
+    env = env or {"PATH": "/usr/bin:/bin"}
     started = running = 0
     old = os.getcwd()
     os.chdir(cwd)
