@@ -165,9 +165,11 @@ class Daemon:
         # Hysteresis: resume at half the limit, so intake does not flap on every run.
         if not self._congested or self.backlog() > self.scheduler.queue_limit // 2:
             return
-        for conn in self._congested:
+        # Take the set first: a resumed connection that meets congestion again while it
+        # catches up re-registers itself, and must stay registered to be resumed later.
+        waiting, self._congested = self._congested, set()
+        for conn in waiting:
             conn.resume("congestion")
-        self._congested.clear()
 
     def forget(self, conn: Connection) -> None:
         self._congested.discard(conn)

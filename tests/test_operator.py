@@ -142,3 +142,26 @@ def test_json_log_format_and_level_from_qbconf(daemon_factory: Callable[..., Dae
     assert any(m.startswith("received seq=") and "json-1" in m for m in messages)  # debug
     assert any(m.startswith("exited ") and "job=11" in m for m in messages)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_a_resumed_connection_that_congests_again_is_resumed_again(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    # A tiny limit and requests that flush events mid-read (each ping does): the connection
+    # meets congestion again while it catches up, many times over; every reply must arrive.
+    d = daemon_factory(
+        {"a.qcb": "unblock-self\n"}, "a.qcb = complete-job-self\n",
+        qbconf_extra="supervisor_callback_queue_limit = 2\n",
+    )  # fmt: skip
+    docs: list[dict[str, Any]] = []
+    for j in range(1500):
+        docs += [event("complete", job=j), {"op": "ping"}]
+    with d.connect() as c:
+        sender = threading.Thread(
+            target=c.send_raw, args=(b"".join(json.dumps(x).encode() + b"\n" for x in docs),)
+        )
+        sender.start()
+        replies = [c.read() for _ in docs]
+        sender.join(DEADLINE)
+    assert all(r["ok"] for r in replies)
+    assert [r["seq"] for r in replies[::2]] == list(range(1, 1501))
