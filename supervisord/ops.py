@@ -59,8 +59,7 @@ class Ops:
         return {"ok": True, "version": self.d.version}
 
     async def op_status(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        # Through the sequencer's queue, so the totals include every write queued before.
-        await self.d.query(lambda _db, _seq: None)
+        await self._settle()
         return {"ok": True, **self.status_doc()}
 
     async def op_callbacks(self, doc: dict[str, Any], conn: Connection) -> Reply:
@@ -126,8 +125,12 @@ class Ops:
     async def op_metrics(self, doc: dict[str, Any], conn: Connection) -> Reply:
         from supervisord.metrics import render
 
-        await self.d.query(lambda _db, _seq: None)  # totals include writes queued before
+        await self._settle()
         return {"ok": True, "text": render(self.status_doc())}
+
+    async def _settle(self) -> None:
+        """Pass through the sequencer's queue, so totals include every write queued before."""
+        await self.d.query(lambda _db, _seq: None)
 
     # -- helpers used by the daemon -------------------------------------------------------
 

@@ -19,17 +19,6 @@ _FINAL_EVENTS: Final = DONE_NAMES | {"removed"}
 _LIVE_EVENTS: Final = frozenset({"submit", "assigned", "running", "blocked", "waiting"})
 
 
-def is_jsonable(value: Any) -> bool:
-    """Whether ``value`` is plain JSON data (what a client can send and the store can keep)."""
-    if value is None or isinstance(value, str | bool | int | float):
-        return True
-    if isinstance(value, list | tuple):
-        return all(is_jsonable(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and is_jsonable(v) for k, v in value.items())
-    return False
-
-
 def _clone(value: Any) -> Any:
     """A deep copy of JSON data; cheaper than copy.deepcopy for the flat job objects."""
     if isinstance(value, Mapping):

@@ -67,6 +67,7 @@ class Sequencer:
         self.clean_start = True
         self._id_prefix = "qb-"
         self._known: dict[str, int] = {}
+        self._last_error = ""  # why the last commit failed, for the refusals it causes
 
     # -- lifecycle (called from the loop thread) -------------------------------------------
 
@@ -173,7 +174,7 @@ class Sequencer:
         seq = counters["last_seq"] = counters["last_seq"] + 1
         counters["events_total"] += 1
         if eid is None:
-            eid = self._auto_id(seq, batch)
+            eid = self._auto_id(seq)
         firings = match(self.table, self.state, event)
         batch.events.append((seq, eid, time.time(), journal_text(event, seq, eid)))
         batch.ids[eid] = seq
@@ -211,7 +212,7 @@ class Sequencer:
         ids = [e.event_id for i in items if isinstance(i, Intake) for e in i.events if e.event_id]
         return store.find_events(self._db, ids) if ids else {}
 
-    def _auto_id(self, seq: int, batch: Batch) -> str:
+    def _auto_id(self, seq: int) -> str:
         # The journal's random prefix keeps these apart from ids clients choose; a client
         # that copies one anyway makes its commit fail (UNIQUE) and is refused, not lost.
         return f"{self._id_prefix}{seq}"
@@ -294,7 +295,7 @@ class Sequencer:
     def _fail(self, batch: Batch) -> None:
         """The commit failed: refuse every event of the batch, reload the matcher state."""
         assert self._db is not None
-        message = f"the journal cannot be written: {getattr(self, '_last_error', '?')}"
+        message = f"the journal cannot be written: {self._last_error}"
         error = {"ok": False, "error": {"code": "unavailable", "message": message}}
         batch.replies = [
             (done, [r if r.get("duplicate") else error for r in rs]) for done, rs in batch.replies

@@ -112,11 +112,6 @@ def write_meta(db: sqlite3.Connection, items: dict[str, Any]) -> None:
     )
 
 
-def find_event(db: sqlite3.Connection, event_id: str) -> int | None:
-    row = db.execute("SELECT seq FROM events WHERE event_id = ?", (event_id,)).fetchone()
-    return None if row is None else int(row[0])
-
-
 def find_events(db: sqlite3.Connection, event_ids: list[str]) -> dict[str, int]:
     """The stored seq of each of these event ids that is already stored."""
     found: dict[str, int] = {}
