@@ -4,6 +4,15 @@ package qb;
 
 use strict;
 
+# qb.pm's AUTOLOAD lands here, this file compiled: call the sub asked for, now defined.
+sub _autoload {
+    no strict 'refs';
+    my $name = substr($qb::AUTOLOAD, rindex($qb::AUTOLOAD, ':') + 1);
+    return if $name eq 'DESTROY';
+    goto &{"qb::$name"} if defined &{"qb::$name"};
+    die "Undefined subroutine &qb::$name called\n";
+}
+
 # JSON::PP costs tens of ms to load: it is required only to read the event document or a
 # jobinfo reply; actions are written without it.
 my $json;
