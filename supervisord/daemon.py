@@ -220,10 +220,17 @@ class Daemon:
 
     async def execute(self, req: RunRequest) -> None:
         assert self.sequencer is not None
+        sequencer = self.sequencer
         started = time.time()
-        self.sequencer.submit(Started(req.run_id, started))
-        self.ops.publish_tail({"op": "run", "state": "spawned", **self.ops.run_fields(req)})
-        result = await self.runner.run(req)
+
+        def on_start() -> None:
+            # Recorded once the process exists, not while the run waits for a spawn
+            # thread: a start record counts one attempt against the give-up policy.
+            sequencer.submit(Started(req.run_id, started))
+            if self.tails:  # the line is built only for someone to read it
+                self.ops.publish_tail({"op": "run", "state": "spawned", **self.ops.run_fields(req)})
+
+        result = await self.runner.run(req, on_start)
         level = logging.INFO if result.outcome == "ok" else logging.WARNING
         word = "timed out" if result.outcome == "timeout" else "exited"
         if result.outcome == "timeout":
@@ -236,11 +243,13 @@ class Daemon:
         )  # fmt: skip
         self.ops.record_duration(req.callback.file, result.ended - result.started, result.outcome)
         self.sequencer.submit(Finished(req, result))
-        self.ops.publish_actions(req, result)
-        self.ops.publish_tail(
-            {"op": "run", "state": "exited", **self.ops.run_fields(req), "outcome": result.outcome,
-             "description": result.description, "log": result.log}
-        )  # fmt: skip
+        if result.actions:
+            self.ops.publish_actions(req, result)
+        if self.tails:
+            self.ops.publish_tail(
+                {"op": "run", "state": "exited", **self.ops.run_fields(req),
+                 "outcome": result.outcome, "description": result.description, "log": result.log}
+            )  # fmt: skip
 
     async def jobinfo(self, by: str, value: Any) -> list[dict[str, Any]]:
         def lookup(_db: Any, seq: Sequencer) -> list[dict[str, Any]]:

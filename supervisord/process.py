@@ -103,7 +103,11 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: str, fds: Sequenc
     Every other descriptor of the daemon is close-on-exec (Python's default), so
     the child gets exactly ``len(fds)`` descriptors.
     """
-    low = {fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _LOW_FD_FLOOR) for fd in fds if fd < len(fds)}
+    low = {
+        fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _LOW_FD_FLOOR)
+        for fd in set(fds)
+        if fd < len(fds)
+    }
     actions = [(os.POSIX_SPAWN_DUP2, low.get(src, src), dst) for dst, src in enumerate(fds)]
     # Python 3.11's posix_spawn has no chdir file action. Changing the daemon's
     # cwd around the call is safe because the loop thread is the only thread that

@@ -53,8 +53,9 @@ def local_jobinfo(jobs: Iterable[Mapping[str, Any]]) -> JobInfo:
 
 
 class Channel:
-    """Our end of a callback's fd 3: sends the hello line, collects actions in order,
-    answers jobinfo requests. Nothing the callback writes here can raise into the run."""
+    """Our end of a callback's fd 3 (made non-blocking by the caller): sends what the
+    start left of the hello line, collects actions in order, answers jobinfo requests.
+    Nothing the callback writes here can raise into the run."""
 
     def __init__(
         self,
@@ -77,9 +78,9 @@ class Channel:
         self._reading = True
         self._complaints = 0
         self.actions: list[Action] = []
-        sock.setblocking(False)
         self._readers.add_reader(sock.fileno(), self._on_readable)
-        self._send(hello)
+        if hello:  # what the start did not send already
+            self._send(hello)
 
     async def aclose(self) -> tuple[Action, ...]:
         """Take what the (exited) callback left in the socket, stop, return the actions."""

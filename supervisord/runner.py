@@ -7,10 +7,12 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from supervisord import process
+from supervisord import cspawn, process
+from supervisord.cspawn import Spawner
 from supervisord.forkserver import ForkServerLost, SpawnRefused
 from supervisord.model import Settings
 from supervisord.qcbrun import run_qcb
@@ -65,13 +67,14 @@ class Runner:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._closing = False
         self._forks = ForkServers()
+        self._spawner = Spawner() if cspawn.available() else None
         self._poller: process.Poller | None = None
         self.update(settings)
 
     def update(self, settings: Settings) -> None:
         """New runs use ``settings``; runs in flight keep the ones they started with."""
         self._settings = settings
-        self._starter = Starter(settings, self._environ, self._forks)
+        self._starter = Starter(settings, self._environ, self._forks, self._spawner)
 
     async def warm(self) -> None:
         """Pay the fork server's start-up before the first event needs it (when Python
@@ -86,8 +89,10 @@ class Runner:
         """For ``status``: mode, the server's pid (None when not running), restarts, runs."""
         return {"mode": self._settings.python_mode, **self._forks.state()}
 
-    async def run(self, req: RunRequest) -> RunResult:
-        """Run one callback to its end. Never raises for anything the callback does."""
+    async def run(self, req: RunRequest, on_start: Callable[[], None] | None = None) -> RunResult:
+        """Run one callback to its end. Never raises for anything the callback does.
+        ``on_start`` is called once its process exists (a .qcb run: at once); a run
+        that waits for a spawn thread has not started."""
         starter = self._starter
         settings = starter.settings
         started = time.time()
@@ -95,13 +100,19 @@ class Runner:
         if problem is not None:
             return _failed_start(req, started, problem)
         if req.callback.language == "qube":
+            if on_start is not None:
+                on_start()
             return await run_qcb(req, settings)
         argv = starter.argv(req)
         if isinstance(argv, str):
             return _failed_start(req, started, argv)
+        if on_start is not None:  # once, however many tries the fork server needs
+            on_start = _once(on_start)
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await self._run_once(req, argv, starter, started, attempt == _ATTEMPTS)
+                return await self._run_once(
+                    req, argv, starter, started, attempt == _ATTEMPTS, on_start
+                )
             except ForkServerLost as exc:
                 log.warning(
                     "retrying seq=%d job=%s run=%d callback=%s attempt=%d reason=%s",
@@ -121,6 +132,8 @@ class Runner:
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._forks.aclose(self._settings.kill_grace)
+        if self._spawner is not None:
+            self._spawner.close()
         if self._poller is not None:
             self._poller.close()
             self._poller = None
@@ -133,12 +146,16 @@ class Runner:
             return f"language {cb.language} is disabled in supervisor_language_flags"
         if cb.language == "qube":
             return None
-        if not os.access(cb.path, os.R_OK):
-            return f"cannot read {cb.path}"
-        return self._starter.problem
+        return self._starter.problem  # an unreadable file is found by the start
 
     async def _run_once(
-        self, req: RunRequest, argv: list[str], starter: Starter, started: float, last: bool
+        self,
+        req: RunRequest,
+        argv: list[str],
+        starter: Starter,
+        started: float,
+        last: bool,
+        on_start: Callable[[], None] | None,
     ) -> RunResult:
         settings = starter.settings
         try:
@@ -150,6 +167,8 @@ class Runner:
             return _failed_start(req, started, f"{argv[0]}: {detail}")
         child = self._attach(req, settings, started, spawned)
         self._active.add(child)
+        if on_start is not None:
+            on_start()
         try:
             return await self._await_child(req, child, settings, started)
         finally:
@@ -161,19 +180,18 @@ class Runner:
     ) -> _Child:
         """The daemon's handles on a started child: output drain, qb channel, exit watch."""
         loop = asyncio.get_running_loop()
-        pid, exited, read_end, ours, doc = (
+        pid, exited, read_end, ours, hello = (
             spawned.pid,
             spawned.exited,
             spawned.output,
             spawned.channel,
-            spawned.doc,
+            spawned.hello,
         )
         context = f"run={req.run_id} callback={req.callback.file} pid={pid}"
         log.debug("spawned seq=%d job=%s %s", req.seq, req.owner, context)
         path = log_path(settings.logpath, req.owner)
         sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit)
         answer = self._jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
-        hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n"
         drain: PipeDrain | None = None
         channel: Channel | None = None
         readers = self._readers(loop)
@@ -296,6 +314,18 @@ class Runner:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    called = False
+
+    def once() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            fn()
+
+    return once
 
 
 def _judge(status: process.Status, stop_reason: str | None, timeout: float) -> tuple[str, str]:

@@ -95,7 +95,8 @@ class OutputSink:
 
 
 class PipeDrain:
-    """Reads a non-blocking pipe on the loop into a sink until end of file."""
+    """Reads a pipe on the loop into a sink until end of file; the caller made the
+    pipe's read end non-blocking."""
 
     __slots__ = ("_fd", "_readers", "eof", "sink")
 
@@ -110,7 +111,6 @@ class PipeDrain:
         self._fd: int | None = fd
         self.sink = sink
         self.eof: asyncio.Future[None] = loop.create_future()
-        os.set_blocking(fd, False)
         self._readers.add_reader(fd, self._on_readable)
 
     def _on_readable(self) -> None:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from supervisord import process
-from supervisord.forkserver import ForkServer
+from supervisord import cspawn, process
+from supervisord.cspawn import Spawner
+from supervisord.forkserver import ForkServer, SpawnRefused
 from supervisord.model import Settings
 from supervisord.runchannel import to_json
 from supervisord.runenv import (
@@ -112,7 +115,7 @@ class Started:
     exited: asyncio.Future[process.Status] | None  # the fork server's report; None: ours
     output: int  # read end of the stdout/stderr pipe
     channel: socket.socket  # the daemon's end of fd 3
-    doc: bytes  # the stdin document, one JSON line
+    hello: bytes  # what of the hello line (fd 3's first) is still to be sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,7 @@ class Launch:
 
     how: str
     forks: ForkServers
+    spawner: Spawner | None  # None: libc lacks what cspawn needs
     server_interpreter: str  # the fork server's (callback_python, else the daemon's)
     server_env: Mapping[str, str]
     grace: float
@@ -132,7 +136,13 @@ class Starter:
     """How runs start under one Settings: the user they run as, their base environment,
     limits, interpreters. Runner.update() builds a new one; runs in flight keep theirs."""
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str], forks: ForkServers):
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        forks: ForkServers,
+        spawner: Spawner | None,
+    ):
         self.settings = settings
         who = process.resolve_user(settings.callback_user, os.geteuid())
         self.problem = who if isinstance(who, str) else None  # why no run can start
@@ -140,6 +150,7 @@ class Starter:
         self._base = base_env(settings, environ, user)
         self._limits = rlimits(settings)
         self._forks = forks
+        self._spawner = spawner
         self._interpreters: dict[str, str] = {}
         self._launches: dict[tuple[str, str], Launch] = {}
 
@@ -165,6 +176,7 @@ class Starter:
             launch = self._launches[how, interpreter] = Launch(
                 how,
                 self._forks,
+                self._spawner,
                 interpreter,
                 {**self._base, "PYTHONPATH": RUNTIME_DIR},
                 settings.kill_grace,
@@ -189,32 +201,115 @@ class Starter:
 async def start(req: RunRequest, argv: list[str], env: dict[str, str], launch: Launch) -> Started:
     """Start the process with its stdin document, output pipe and qb channel. Raises
     OSError/ValueError (spawn), SpawnRefused or ForkServerLost; leaves nothing open then."""
+    path = req.callback.path
+    if not os.access(path, os.R_OK):
+        raise SpawnRefused(f"cannot read {path}")
     doc = to_json(stdin_doc(req))
+    hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n"
+    stdin, read_end, ours, child_ends = _pipes(doc)
+    fds = (stdin, child_ends[1], child_ends[1], child_ends[2])
+    if launch.how == SPAWN and launch.spawner is not None:
+        return await _launch(
+            launch.spawner, argv, env, req.callback.dir, hello, fds, read_end, ours
+        )
+    try:
+        try:
+            if launch.how == SPAWN:  # no glibc extensions: os.posix_spawn, on the loop
+                sent = _send_nowait(ours, hello)
+                pid = process.spawn(argv, env, cwd=req.callback.dir, fds=fds)
+                return Started(pid, None, read_end, ours, hello[sent:])
+            forks = launch.forks
+            server = await forks.get(launch.server_interpreter, launch.server_env, launch.grace)
+            pid, exited = await server.spawn(_fork_request(req, argv, env, launch), child_ends)
+            return Started(pid, exited, read_end, ours, hello)
+        finally:
+            _close(child_ends)
+    except BaseException:
+        os.close(read_end)
+        ours.close()
+        raise
+
+
+async def _launch(
+    spawner: Spawner,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    hello: bytes,
+    fds: tuple[int, int, int, int],
+    read_end: int,
+    ours: socket.socket,
+) -> Started:
+    """The SPAWN start through a spawn thread. The child's ends (``fds``) are closed once
+    the launch is over; ``read_end`` and ``ours`` are closed on failure, and on
+    cancellation too, then with the child killed and reaped, once the launch is over."""
+    child_ends = tuple(sorted(set(fds)))
+    try:
+        sent = _send_nowait(ours, hello)  # a socket buffer takes it whole, but for huge docs
+        prepared = cspawn.prepare(argv, env, cwd=cwd, fds=fds)
+    except BaseException:
+        _close(child_ends)
+        os.close(read_end)
+        ours.close()
+        raise
+
+    def after() -> None:
+        cspawn.release(prepared)
+        _close(child_ends)
+
+    def discard(pid: int | None) -> None:
+        if pid is not None:
+            process.kill_group(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # SIGKILLed: returns as soon as it is gone
+        os.close(read_end)
+        ours.close()
+
+    try:
+        pid = await spawner.call(functools.partial(cspawn.launch, prepared), after, discard)
+    except asyncio.CancelledError:
+        raise  # discard() closes read_end and ours
+    except BaseException:
+        os.close(read_end)
+        ours.close()
+        raise
+    return Started(pid, None, read_end, ours, hello[sent:])
+
+
+def _close(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _send_nowait(sock: socket.socket, data: bytes) -> int:
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
+
+
+def _pipes(doc: bytes) -> tuple[int, int, socket.socket, tuple[int, int, int]]:
+    """stdin (a memfd holding ``doc``), the output pipe's read end and our end of fd 3
+    (both non-blocking), and the child's ends: (stdin, output write end, fd 3)."""
     stdin = os.memfd_create("qbcallback-stdin")
-    ours, theirs = socket.socketpair()
-    read_end, write_end = os.pipe()
     try:
         view = memoryview(doc)
         while view:  # memory, never blocks: a big document cannot stall the loop
             view = view[os.write(stdin, view) :]
         os.lseek(stdin, 0, os.SEEK_SET)
-        if launch.how == SPAWN:
-            fds = (stdin, write_end, write_end, theirs.fileno())
-            pid = process.spawn(argv, env, cwd=req.callback.dir, fds=fds)
-            return Started(pid, None, read_end, ours, doc)
-        server = await launch.forks.get(launch.server_interpreter, launch.server_env, launch.grace)
-        pid, exited = await server.spawn(
-            _fork_request(req, argv, env, launch), (stdin, write_end, theirs.fileno())
-        )
-        return Started(pid, exited, read_end, ours, doc)
+        ours, theirs = socket.socketpair()
     except BaseException:
-        os.close(read_end)
-        ours.close()
-        raise
-    finally:
         os.close(stdin)
-        os.close(write_end)
+        raise
+    try:
+        ours.setblocking(False)
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)  # the child's end stays blocking
+    except BaseException:
+        os.close(stdin)
+        ours.close()
         theirs.close()
+        raise
+    return stdin, read_end, ours, (stdin, write_end, theirs.detach())
 
 
 def _fork_request(
