@@ -18,16 +18,18 @@ the daemon spawns with ``os.posix_spawn`` on the loop as before.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import errno
 import fcntl
 import os
+import queue
 import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 # glibc's flag values (spawn.h); its structures are opaque here, sized generously.
 _SETSIGDEF: Final = 0x04
@@ -210,11 +212,18 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: str, fds: Sequenc
 
 class Spawner:
     """Runs launches on a few threads of its own, so that neither the loop nor the GIL
-    waits for a child's exec."""
+    waits for a child's exec. Hand-overs are kept cheap (each one costs a thread wake-up
+    and a GIL transfer): jobs go through a queue, results come back in a deque, and the
+    loop is woken once for however many results are waiting."""
 
     def __init__(self, threads: int = THREADS) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._threads = threads
+        self._threads = threads  # 0: on the calling thread (the GIL is still released)
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._done: collections.deque[tuple[_Job[Any], bool, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._woken = False
+        self._workers: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(
         self,
@@ -224,37 +233,70 @@ class Spawner:
     ) -> T:
         """``job()``'s result, run on a spawn thread; ``after()`` runs on the loop once the
         job is over, whatever happened. If the caller is cancelled meanwhile the job
-        still ends, then ``discard`` gets its result (None if it raised): a child is
+        still ends, and ``discard`` then gets its result (None if it raised): a child is
         never left behind."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="qb-spawn")
-        try:
-            future = asyncio.get_running_loop().run_in_executor(self._pool, job)
-        except BaseException:
-            after()
-            raise
-        try:
-            result = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if future.done():
-                _settle(after, discard, future)
-            else:
-                future.add_done_callback(lambda f: _settle(after, discard, f))
-            raise
-        except BaseException:
-            after()
-            raise
-        after()
-        return result
+        if not self._threads:
+            try:
+                return job()
+            finally:
+                after()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._start(loop)
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(job, future, after, discard))
+        return await future  # cancelling the caller cancels it: _deliver() then discards
 
     def close(self) -> None:
-        """Wait for the launches in flight (each a few ms) and end the threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Wait for the jobs in flight (each a few ms) and end the threads."""
+        for _ in self._workers:
+            self._jobs.put(None)
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
+        self._loop = None
+        self._deliver()
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.close()
+        self._loop = loop
+        for n in range(self._threads):
+            worker = threading.Thread(target=self._work, name=f"qb-spawn-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def _work(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            try:
+                done = (item, True, item.fn())
+            except BaseException as exc:  # handed to the caller, never lost in this thread
+                done = (item, False, exc)
+            self._done.append(done)
+            with self._lock:
+                if self._woken:
+                    continue
+                self._woken = True
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            self._woken = False
+        while self._done:
+            item, ok, value = self._done.popleft()
+            item.after()
+            if item.future.cancelled():
+                item.discard(value if ok else None)
+            elif ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
 
 
-def _settle(after: Callable[[], None], discard: Callable[[T | None], None], future: Any) -> None:
-    after()
-    ok = not future.cancelled() and future.exception() is None
-    discard(future.result() if ok else None)
+@dataclass(frozen=True, slots=True)
+class _Job(Generic[T]):
+    fn: Callable[[], T]
+    future: asyncio.Future[T]
+    after: Callable[[], None]
+    discard: Callable[[T | None], None]

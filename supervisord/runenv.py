@@ -52,13 +52,14 @@ def base_env(
     }
 
 
-def run_env(base: Mapping[str, str], req: RunRequest) -> dict[str, str]:
-    """A run's whole environment (SPEC §4): nothing else of the daemon's."""
+def run_env(base: Mapping[str, str], req: RunRequest, qb: bool = True) -> dict[str, str]:
+    """A run's whole environment (SPEC §4): nothing else of the daemon's. ``qb``: the
+    path to the qb module is needed (a Perl callback that never names qb goes without)."""
     env = dict(base)
     language = req.callback.language
     if language == "python":
         env["PYTHONPATH"] = RUNTIME_DIR
-    elif language == "perl":
+    elif language == "perl" and qb:
         env["PERL5LIB"] = RUNTIME_DIR
     ev = req.event_doc
     if req.owner is not None:
@@ -89,8 +90,16 @@ def stdin_doc(req: RunRequest) -> dict[str, Any]:
     }
 
 
-def command(language: str, interpreter: str, path: str) -> list[str]:
-    """``python _qbrun.py FILE`` (qb given, FILE as __main__) or ``perl -Mqb FILE``."""
+def command(language: str, interpreter: str, path: str, qb: bool = True) -> list[str]:
+    """``python _qbrun.py FILE`` (qb given, FILE as __main__) or ``perl -Mqb FILE``
+    (``perl FILE`` when ``qb`` is False: the script never names the module)."""
     if language == "python":
         return [interpreter, PYTHON_BOOTSTRAP, path]
-    return [interpreter, "-Mqb", path]
+    return [interpreter, "-Mqb", path] if qb else [interpreter, path]
+
+
+def names_qb(source: bytes) -> bool:
+    """Whether a Perl script could use the qb module: it has the letters ``qb`` anywhere
+    (``qb::unblock``, ``$qb::jobid``, ``use qb``, even a comment). Loading the module
+    costs a Perl start about a tenth more; a script that never names it goes without."""
+    return b"qb" in source

@@ -25,6 +25,7 @@ from supervisord.runenv import (
     RunAs,
     base_env,
     command,
+    names_qb,
     rlimits,
     run_env,
     stdin_doc,
@@ -152,6 +153,7 @@ class Starter:
         self._forks = forks
         self._spawner = spawner
         self._interpreters: dict[str, str] = {}
+        self._perl_qb: dict[str, tuple[tuple[int, int, int], bool]] = {}
         self._launches: dict[tuple[str, str], Launch] = {}
 
     def argv(self, req: RunRequest) -> list[str] | str:
@@ -163,7 +165,25 @@ class Starter:
         interpreter = self._interpreter(name[cb.language])
         if interpreter is None:
             return f"interpreter {name[cb.language]!r} not found"
-        return command(cb.language, interpreter, cb.path)
+        if cb.language != "perl":
+            return command(cb.language, interpreter, cb.path)
+        try:
+            qb = self._perl_needs_qb(cb.path)
+        except OSError as exc:
+            return f"cannot read {cb.path}: {exc.strerror}"
+        return command(cb.language, interpreter, cb.path, qb)
+
+    def _perl_needs_qb(self, path: str) -> bool:
+        """names_qb() of the script as it is now (read again only when it changed)."""
+        st = os.stat(path)
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        known = self._perl_qb.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        with open(path, "rb") as f:
+            needed = names_qb(f.read())
+        self._perl_qb[path] = (key, needed)
+        return needed
 
     async def start(self, req: RunRequest, argv: list[str], last_try: bool) -> Started:
         """See start(); a run's last try avoids the fork server if it can."""
@@ -183,7 +203,8 @@ class Starter:
                 self._runas,
                 self._limits,
             )
-        return await start(req, argv, run_env(self._base, req), launch)
+        env = run_env(self._base, req, qb=req.callback.language != "perl" or "-Mqb" in argv)
+        return await start(req, argv, env, launch)
 
     async def warm(self) -> None:
         """Start the fork server now rather than on the first Python run."""

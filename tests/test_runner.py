@@ -18,7 +18,7 @@ import pytest
 
 from supervisord.model import Callback, Settings, Term
 from supervisord.process import Poller, decode_status
-from supervisord.runner import Action, Runner, RunRequest, RunResult
+from supervisord.runner import RUNTIME_DIR, Action, Runner, RunRequest, RunResult
 from supervisord.runtypes import log_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cb"
@@ -407,3 +407,24 @@ async def test_poller_serves_every_ready_fd_and_contains_a_failing_callback(fail
     poller.close()
     for fd in [fd for pair in pipes for fd in pair]:
         os.close(fd)
+
+
+async def test_a_perl_script_that_never_names_qb_starts_without_the_module(
+    tmp_path: Path,
+) -> None:
+    # Loading qb costs every Perl start; a script without the letters "qb" goes without
+    # it (no -Mqb, no PERL5LIB). Editing the script is seen at the next run, no reload.
+    script = tmp_path / "plain.pl"
+    module = 'my $m = "q" . "b.pm";\n'  # the letters must not appear together
+    report = 'print join(",", $ENV{PERL5LIB} // "none", $INC{$m} ? "loaded" : "not"), "\\n";\n'
+    script.write_text(module + report)
+    runner = Runner(make_settings(tmp_path))
+    try:
+        first = await runner.run(make_request(make_callback("plain.pl", tmp_path), owner=1))
+        script.write_text("# uses qb after all\n" + module + report)
+        second = await runner.run(make_request(make_callback("plain.pl", tmp_path), owner=2))
+    finally:
+        await runner.aclose()
+    assert first.outcome == second.outcome == "ok"
+    assert output_lines(first)[1:] == ["none,not"]
+    assert output_lines(second)[1:] == [f"{RUNTIME_DIR},loaded"]
