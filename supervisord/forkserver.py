@@ -118,11 +118,16 @@ class ForkServer:
         except BaseException:
             self._starting.pop(rid, None)
             raise
-        try:  # if cancelled (or timed out), _on_started kills the child nobody wants
-            return await asyncio.wait_for(started, START_TIMEOUT)
-        except TimeoutError:
+        # One timer rather than asyncio.wait_for (a future, a callback and a timer a run).
+        timer = self._loop.call_later(START_TIMEOUT, self._on_hung, started)
+        try:  # if cancelled, _on_started kills the child nobody wants
+            return await started
+        finally:
+            timer.cancel()
+
+    def _on_hung(self, started: asyncio.Future[_Started]) -> None:
+        if not started.done():
             self._lose("no answer to a run request (hung?)")
-            raise ForkServerLost("the fork server did not answer") from None
 
     async def aclose(self, grace: float) -> None:
         """Let runs in flight end, hang up (the server exits on EOF), reap it."""
@@ -188,7 +193,8 @@ class ForkServer:
                 if fut is not None and not fut.done():
                     fut.set_exception(SpawnRefused(second))
             elif kind == "X":
-                self._on_exited(int(first), int(second))
+                status, _, rid = second.partition(" ")
+                self._on_exited(int(first), int(status), int(rid) if rid else None)
             else:
                 raise ValueError(kind)
         except ValueError:
@@ -209,17 +215,24 @@ class ForkServer:
         else:
             fut.set_result((pid, running.exited))
 
-    def _on_exited(self, pid: int, wait_status: int) -> None:
-        running = self._running.pop(pid, None)
-        if running is None:
-            return
-        if running.pidfd is not None:
-            os.close(running.pidfd)
+    def _on_exited(self, pid: int, wait_status: int, rid: int | None) -> None:
         if os.WIFSIGNALED(wait_status):
             status = Status(None, os.WTERMSIG(wait_status))
         else:
             status = Status(os.waitstatus_to_exitcode(wait_status), None)
-        running.exited.set_result(status)
+        running = self._running.pop(pid, None)
+        if running is not None:
+            if running.pidfd is not None:
+                os.close(running.pidfd)
+            running.exited.set_result(status)
+            return
+        # Ended before it said it had started (killed during its set-up): it ran, and ended.
+        fut = self._starting.pop(rid, None) if rid is not None else None
+        if fut is not None and not fut.done():
+            self.runs += 1
+            exited: asyncio.Future[Status] = self._loop.create_future()
+            exited.set_result(status)
+            fut.set_result((pid, exited))
 
     def _lose(self, why: str) -> None:
         """The server is gone: every run it held is killed (group and all) and lost."""

@@ -7,34 +7,42 @@ qb channel); each answer one short text message:
     R <pid>              ready (imports paid)
     S <id> <pid>         request <id> runs as process <pid>
     E <id> <reason>      request <id> could not start (bad cwd, user switch, exec, ...)
-    X <pid> <status>     process <pid> ended with wait status <status>
+    X <pid> <status> <id>  process <pid> (of request <id>) ended with wait status <status>
 
-A child's set-up (session, fds, user, limits, cwd) is awaited on the loop through a pipe,
-so "S"/"E" come once it is done, and "S" always precedes that child's "X". The server is a
-subreaper: whatever a callback leaves behind is reparented here and reaped at once.
+"S"/"E" come once the child's set-up (session, user, limits, cwd) is done: a Python
+child, which runs its callback without an exec, says so itself on the control socket, on
+which it still is; a child that execs has no such last moment, so its set-up is awaited
+on the loop through a close-on-exec pipe and the server says it. Either way "S" comes
+before that child's "X": a child that ends before its "S" gets an "X" alone. The server is
+a subreaper: whatever a callback leaves behind is reparented here and reaped at once.
+
+What a run costs is mostly page faults: a fork write-protects the whole heap, and every
+page the child (or the server, until the child is gone) then writes is copied. So the
+server stays small — it pre-imports only what its callbacks import (_forkprep) — and
+both sides touch as little as they can per run.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import gc
 import importlib
 import json
+import json.scanner
 import os
 import resource
-import selectors
+import select
 import signal
-import smtplib  # noqa: F401 - pre-warmed: the modules callbacks commonly use
 import socket
-import sqlite3  # noqa: F401
-import subprocess  # noqa: F401
 import sys
 import types
 from dataclasses import dataclass
 from typing import Any, Final
 
-import _qbrun  # type: ignore[import-not-found]  # the runtime dir is sys.path[0] here
+import _forkprep  # type: ignore[import-not-found]  # the runtime dir is sys.path[0] here
+import _qbrun  # type: ignore[import-not-found]
 
 importlib.import_module("qb")  # in sys.modules before any fork: the children find it there
 
@@ -42,11 +50,31 @@ _CONTROL_FD: Final = 3
 # A run request is its environment and a few paths, some KiB; the daemon sends no more.
 MAX_REQUEST: Final = 1 << 16
 _FDS_PER_RUN: Final = 3
+_CMSG: Final = socket.CMSG_SPACE(_FDS_PER_RUN * 4)
 _FD_CEILING: Final = 1 << 20  # above any RLIMIT_NOFILE; close_range makes it free
 _PR_SET_PDEATHSIG: Final = 1
 _PR_SET_CHILD_SUBREAPER: Final = 36
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl  # looked up once here, not in every child
+# Looked up once here, not in every child; without use_errno, whose bookkeeping costs a
+# child ~25 page faults: PR_SET_PDEATHSIG fails only for a bad signal number anyway.
+_prctl = ctypes.CDLL(None).prctl
+# What json.loads ends in (typeshed's make_scanner wants itself, not a decoder).
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+# signal.signal() turns the old handler into an enum, which for a Python handler means a
+# failed enum lookup and a formatted ValueError: ~75 page faults in every child.
+_signal: Any = importlib.import_module("_signal")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A callback file compiled once, with what its runs need to become ``__main__``.
+
+    ``main`` is used only by children, each on its own copy: made here once, it costs a
+    child a few copied pages instead of a module's allocations."""
+
+    path: str
+    dir: str
+    code: types.CodeType
+    main: types.ModuleType
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +82,14 @@ class Job:
     """What a forked child runs once it has left the server's loop."""
 
     path: str
-    code: types.CodeType | None
+    script: Script | None
 
     def run(self) -> None:
-        _qbrun.run_script(self.path, self.code)
+        script = self.script
+        if script is None:  # it did not compile: the child fails as ``python FILE`` does
+            _qbrun.run_script(self.path)
+        else:
+            _qbrun.run_script(script.path, script.code, script.main, script.dir)
 
 
 @dataclass(slots=True)
@@ -79,30 +111,36 @@ class Server:
 
     def __init__(self, control: socket.socket) -> None:
         self._control = control
-        self._known: set[int] = set()
-        self._setups: dict[int, _Setup] = {}  # by pid
-        self._cache: dict[str, tuple[tuple[int, int, int], types.CodeType]] = {}
+        self._pid = os.getpid()
+        self._children: dict[int, int] = {}  # pid -> request id, until reaped
+        self._setups: dict[int, _Setup] = {}  # by pid: exec'ing children, until set up
+        self._jobs: dict[str, tuple[tuple[int, int, int], Job]] = {}  # by path
+        self._unimportable: set[str] = set()
+        self._environ = _forkprep.Environment()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        self._selector = selectors.EpollSelector()
-        self._selector.register(control, selectors.EVENT_READ, "request")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "reap")
+        self._epoll = select.epoll()
+        # What each watched fd is: the control socket, the wake-up pipe, a set-up pipe.
+        self._watched: dict[int, _Setup | None] = {control.fileno(): None, self._wake_r: None}
+        self._epoll.register(control.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
 
     def serve(self) -> Job | None:
         """Returns None when the daemon hangs up; returns a Job only in a forked child."""
-        self._send(f"R {os.getpid()}")
+        self._send(b"R %d" % os.getpid())
+        control = self._control.fileno()
         while True:
-            for key, _ in self._selector.select():
-                if key.data == "reap":
+            for fd, _ in self._epoll.poll():
+                if fd == self._wake_r:
                     self._reap()
-                elif isinstance(key.data, _Setup):
-                    self._on_setup(key.fd, key.data)
+                elif fd != control:
+                    setup = self._watched.get(fd)
+                    if setup is not None:
+                        self._on_setup(fd, setup)
                 else:
                     try:
-                        data, ancdata, _flags, _ = self._control.recvmsg(
-                            MAX_REQUEST, socket.CMSG_SPACE(_FDS_PER_RUN * 4)
-                        )
+                        data, ancdata, _flags, _ = self._control.recvmsg(MAX_REQUEST, _CMSG)
                     except ConnectionError:
                         return None
                     if not data:
@@ -114,36 +152,41 @@ class Server:
     def _request(self, data: bytes, fds: list[int]) -> Job | None:
         rid = 0
         try:
-            req = json.loads(data)
+            req = _decode(data)
             rid = int(req["id"])
             if len(fds) != _FDS_PER_RUN:
                 raise ValueError(f"expected {_FDS_PER_RUN} descriptors, got {len(fds)}")
-            code = self._compiled(req["path"]) if req.get("path") else None
+            path = req.get("path")
+            if not path and not req.get("argv"):
+                raise ValueError("neither a path nor an argv")
+            job = self._job(path) if path else None
+            self._environ.set(req["env"])  # here, not in the child: see Environment
         except (ValueError, KeyError, TypeError) as exc:
             _close(fds)
-            self._send(f"E {rid} bad request: {exc}")
+            self._send(f"E {rid} bad request: {exc}".encode())
             return None
-        return self._fork(rid, req, fds, code)
+        return self._fork(rid, req, fds, job)
 
-    def _fork(
-        self, rid: int, req: dict[str, Any], fds: list[int], code: types.CodeType | None
-    ) -> Job | None:
-        """Fork; the child sets itself up and says, through a pipe, if that failed."""
-        server = os.getpid()
+    def _fork(self, rid: int, req: dict[str, Any], fds: list[int], job: Job | None) -> Job | None:
+        """Fork; the child sets itself up and says if that failed (see the docstring)."""
+        err_r = err_w = -1
         try:
-            _set_environ(req["env"])  # here, not in the child: see _set_environ
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            if job is None:
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
             pid = os.fork()
         except OSError as exc:
-            _close(fds)
-            self._send(f"E {rid} fork: {exc.strerror or exc}")
+            _close([*fds, err_r, err_w] if err_r >= 0 else fds)
+            self._send(f"E {rid} fork: {exc.strerror or exc}".encode())
             return None
         if pid == 0:
-            return self._become(req, fds, code, err_w, server)
+            return self._become(rid, req, fds, job, err_w)
         _close(fds)
-        os.close(err_w)
-        setup = self._setups[pid] = _Setup(rid, pid)
-        self._selector.register(err_r, selectors.EVENT_READ, setup)
+        self._children[pid] = rid
+        if err_r >= 0:
+            os.close(err_w)
+            setup = self._setups[pid] = _Setup(rid, pid)
+            self._watched[err_r] = setup
+            self._epoll.register(err_r, select.EPOLLIN)
         return None
 
     def _on_setup(self, err_r: int, setup: _Setup) -> None:
@@ -151,88 +194,95 @@ class Server:
         if chunk:
             setup.reason += chunk
             return
-        self._selector.unregister(err_r)
+        self._epoll.unregister(err_r)
+        del self._watched[err_r]
         os.close(err_r)
         del self._setups[setup.pid]
         if setup.reason:
             if setup.status is None:
                 os.waitpid(setup.pid, 0)  # it exits right after writing why
-            self._send(f"E {setup.rid} {setup.reason.decode(errors='replace')}")
+                del self._children[setup.pid]
+            self._send(b"E %d %s" % (setup.rid, setup.reason))
             return
-        self._send(f"S {setup.rid} {setup.pid}")
-        if setup.status is None:
-            self._known.add(setup.pid)
-        else:
-            self._send(f"X {setup.pid} {setup.status}")
+        self._send(b"S %d %d" % (setup.rid, setup.pid))
+        if setup.status is not None:
+            self._send(b"X %d %d %d" % (setup.pid, setup.status, setup.rid))
 
     def _become(
-        self,
-        req: dict[str, Any],
-        fds: list[int],
-        code: types.CodeType | None,
-        err_w: int,
-        server: int,
-    ) -> Job | None:
-        """In the child: the contract of a run (SPEC §4), then the Job or an exec."""
+        self, rid: int, req: dict[str, Any], fds: list[int], job: Job | None, err_w: int
+    ) -> Job:
+        """In the child: the contract of a run (SPEC §4), then the Job or an exec.
+
+        Every page written here is a copy, so the child does the least it can: the
+        server's objects (its epoll, pipes, control socket) are not closed one by one but
+        with their fds by close_range, and never finalized (the server is referenced from
+        main() until os._exit)."""
         step = "set up"
         try:
-            self._leave(fds, err_w)
+            gc.freeze()  # the server's objects are not the callback's: its collection skips them
+            signal.set_wakeup_fd(-1)
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            os.setsid()
+            if job is None:  # the error pipe is all it keeps of the server's
+                _take_fds(fds)
+                os.closerange(4, err_w)
+                os.closerange(err_w + 1, _FD_CEILING)
             creds = req.get("creds")
-            step = f"switch to uid {creds[0]}" if creds else step
             if creds:
+                step = f"switch to uid {creds[0]}"
                 os.setgroups(creds[2])
                 os.setresgid(creds[1], creds[1], creds[1])
-            step = "set limits"
-            for which, value in req.get("limits") or ():
-                resource.setrlimit(which, (value, value))  # while still privileged
-            step = f"switch to uid {creds[0]}" if creds else step
+            limits = req.get("limits")
+            if limits:
+                step = "set limits"
+                for which, value in limits:
+                    resource.setrlimit(which, (value, value))  # while still privileged
             if creds:
+                step = f"switch to uid {creds[0]}"
                 os.setresuid(creds[0], creds[0], creds[0])
             step = f"cwd {req['cwd']}"
             os.chdir(req["cwd"])  # as the callback's user: it must be allowed in there
             step = "parent death signal"  # after the switch, which would reset it
             if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-            if os.getppid() != server:
+                raise OSError("prctl failed")
+            if os.getppid() != self._pid:
                 raise OSError("the fork server is gone")
-            if req.get("argv"):
+            if job is None:
                 step = req["argv"][0]
                 os.execve(req["argv"][0], req["argv"], req["env"])
-            os.close(err_w)
-            return Job(req["path"], code)
+            self._send(b"S %d %d" % (rid, os.getpid()))  # fd 3 is still the control socket
         except BaseException as exc:  # a child must never return to the loop
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            os.write(err_w, f"{step}: {detail}".encode())
+            reason = f"{step}: {detail}".encode()
+            with contextlib.suppress(OSError):  # the daemon may be gone as well
+                if job is None:
+                    os.write(err_w, reason)
+                else:
+                    self._send(b"E %d %s" % (rid, reason))
             os._exit(127)
+        try:
+            _take_fds(fds)  # fd 3 becomes the qb channel
+            os.closerange(4, _FD_CEILING)  # other children's fds, received fds, epoll...
+        except BaseException:  # not seen to happen; after its "S" it has no "E" to give
+            os._exit(127)
+        return job
 
-    def _leave(self, fds: list[int], err_w: int) -> None:
-        """In the child: drop the server's handles and signals; stdin, output, output, qb
-        channel become fds 0-3 and every other descriptor but the error pipe is closed."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        self._selector.close()
-        self._control.detach()  # fd 3: replaced by the qb channel just below
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        os.setsid()
-        for target, fd in enumerate((fds[0], fds[1], fds[1], fds[2])):
-            os.dup2(fd, target)
-        os.closerange(4, err_w)  # other children's set-up pipes, received fds, ...
-        os.closerange(err_w + 1, _FD_CEILING)
-
-    def _compiled(self, path: str) -> types.CodeType | None:
-        """Cached code by (mtime, size, inode): an edit is seen by the next run. None when
-        it does not compile: the child compiles it again and fails as ``python FILE`` does."""
-        hit = self._cache.get(path)
+    def _job(self, path: str) -> Job:
+        """Cached code by (mtime, size, inode): an edit is seen by the next run. A file
+        that does not compile has none: the child fails as ``python FILE`` does."""
+        hit = self._jobs.get(path)
         try:
             st = os.stat(path)
             key = (st.st_mtime_ns, st.st_size, st.st_ino)
             if hit is None or hit[0] != key:
-                hit = (key, _qbrun.compile_file(path))
-                self._cache[path] = hit
+                code = _qbrun.compile_file(path)
+                directory = os.path.dirname(os.path.abspath(path))
+                hit = (key, Job(path, Script(path, directory, code, _qbrun.new_main(path))))
+                self._jobs[path] = hit
+                _forkprep.prewarm(code, self._unimportable)
         except (SyntaxError, ValueError, OSError):
-            self._cache.pop(path, None)
-            return None
+            self._jobs.pop(path, None)
+            return Job(path, None)
         return hit[1]
 
     def _reap(self) -> None:
@@ -248,15 +298,28 @@ class Server:
                 return
             if pid == 0:
                 return
-            if pid in self._known:
-                self._known.discard(pid)
-                self._send(f"X {pid} {status}")
-            elif pid in self._setups:  # reported once its set-up is heard of
+            rid = self._children.pop(pid, None)
+            if pid in self._setups:  # reported once its set-up is heard of
                 self._setups[pid].status = status
+            elif rid is not None:
+                self._send(b"X %d %d %d" % (pid, status, rid))
             # else an orphan a callback left behind: reaped, nothing more
 
-    def _send(self, text: str) -> None:
-        self._control.sendall(text.encode())
+    def _send(self, message: bytes) -> None:
+        self._control.sendall(message)
+
+
+def _decode(data: bytes) -> Any:
+    """json.loads(data) without its three Python-level wrappers: each page a run's
+    request touches costs a page fault (see the module's docstring)."""
+    text = data.decode()
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("not one JSON value")
+    return value
 
 
 def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -267,18 +330,10 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _set_environ(env: dict[str, str]) -> None:
-    """Make os.environ (and the C environ) ``env``, in the server before it forks.
-
-    In the child this cost ~0.2 ms a run in copy-on-write faults alone; here it is a few
-    dozen µs, mostly nothing (the keys that change are few). The server's own environment
-    no longer matters once it has started: it execs with an explicit one."""
-    environ = os.environ
-    for key in [key for key in environ if key not in env]:
-        del environ[key]
-    for key, value in env.items():
-        if environ.get(key) != value:
-            environ[key] = value
+def _take_fds(fds: list[int]) -> None:
+    """In a child: stdin, output (as stdout and stderr) and the qb channel as fds 0-3."""
+    for target, fd in enumerate((fds[0], fds[1], fds[1], fds[2])):
+        os.dup2(fd, target)
 
 
 def _close(fds: list[int]) -> None:

@@ -23,16 +23,12 @@ def compile_file(path: str) -> types.CodeType:
         return compile(f.read(), path, "exec", dont_inherit=True)
 
 
-def main_module(path: str) -> types.ModuleType:
-    """A fresh ``__main__`` for FILE, with ``qb`` given, ``sys.argv`` and ``sys.path`` set."""
-    # The callback's own directory first, as if it had been started as `python FILE`;
-    # the runtime directory (on PYTHONPATH) stays behind it, so `import qb` works too.
-    sys.path[0] = os.path.dirname(os.path.abspath(path))
-    sys.argv = [path]
+def new_main(path: str) -> types.ModuleType:
+    """A fresh ``__main__`` module for FILE, with ``qb`` given: what runpy.run_path(path,
+    run_name="__main__") gives a plain file."""
     # From PYTHONPATH, not a package: mypy cannot see it. Already imported in a fork server.
     qb = sys.modules.get("qb") or importlib.import_module("qb")
     main = types.ModuleType("__main__")
-    # What runpy.run_path(path, run_name="__main__") gives a plain file.
     main.__dict__.update(
         qb=qb,
         __file__=path,
@@ -42,20 +38,30 @@ def main_module(path: str) -> types.ModuleType:
         __package__="",
         __spec__=None,
     )
-    sys.modules["__main__"] = main
     return main
 
 
-def run_script(path: str, code: types.CodeType | None = None) -> NoReturn:
+def run_script(
+    path: str,
+    code: types.CodeType | None = None,
+    main: types.ModuleType | None = None,
+    directory: str | None = None,
+) -> NoReturn:
     """Run FILE (or its already compiled ``code``) as ``__main__`` and exit as ``python
     FILE`` would: same exit status, traceback, thread joins, atexit handlers and flushes.
+    ``main``: a new_main(FILE) no one has used yet; ``directory``: FILE's, absolute.
 
     Shared by the fresh interpreter (below) and the fork server's children, so both modes
     behave the same. It ends with os._exit: tearing down every module of a forked
     interpreter touches (and copies) its whole heap, which cost ~8 ms a run; collecting
     the callback's own namespace still runs its objects' finalizers (unclosed files).
     """
-    main = main_module(path)
+    # The callback's own directory first, as if it had been started as `python FILE`;
+    # the runtime directory (on PYTHONPATH) stays behind it, so `import qb` works too.
+    sys.path[0] = directory or os.path.dirname(os.path.abspath(path))
+    sys.argv = [path]
+    main = main or new_main(path)
+    sys.modules["__main__"] = main
     interrupted = False
     try:
         exec(code or compile_file(path), main.__dict__)
@@ -91,7 +97,11 @@ def _wind_down(main: types.ModuleType, status: int) -> int:
             threading._shutdown()  # waits for non-daemon threads, as at interpreter exit
     atexit._run_exitfuncs()
     main.__dict__.clear()
-    gc.collect()
+    # Everything before the callback was frozen (gc.freeze), so its objects are all that
+    # is collected; they are in the two young generations unless a collection of those
+    # moved some into the oldest. A full collection also empties the interpreter's free
+    # lists, ~60 page faults in a forked child: done only when it has anything to find.
+    gc.collect(2 if gc.get_objects(2) else 1)
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
