@@ -17,6 +17,7 @@ from supervisord.errors import ConfigErrors
 from supervisord.listener import allowed_uids, bind, unlink_if_ours
 from supervisord.load import Loaded, load_callbacks, read_qbconf
 from supervisord.matching import Table
+from supervisord.memory import IdleRelease
 from supervisord.model import Event, Settings
 from supervisord.ops import Ops
 from supervisord.runner import Runner, RunRequest
@@ -54,6 +55,7 @@ class Daemon:
             settings.concurrency, settings.per_job_order, self.execute, settings.queue_limit
         )
         self.scheduler.on_drained = self._resume_congested
+        self.scheduler.on_idle = IdleRelease(self)  # memory back to the system after bursts
         self.sequencer: Sequencer | None = None
         self._clock: asyncio.TimerHandle | None = None
         self._socket_inode: int | None = None

@@ -3,78 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, TypeAlias
 
 from .clock import TIME_TYPES, ClockState
+from .latches import Latches
 from .model import DONE_NAMES, And, Callback, Event, Expr, Firing, Term
 from .registry import JobRegistry
 
-LatchKey: TypeAlias = tuple[str, int | None]  # (callback key, owning job or None for global)
 # Candidates for one (event name, event type): callback index and the term positions.
 _Candidates: TypeAlias = tuple[tuple[int, tuple[int, ...]], ...]
 _NAMES_OF_TERM: Final = {"done": tuple(sorted(DONE_NAMES))}
-
-
-class Latches:
-    """The latched term positions of compound triggers, per (callback key, owning job)."""
-
-    def __init__(self) -> None:
-        self._sets: dict[LatchKey, frozenset[int]] = {}
-        self._owners: dict[str, set[int | None]] = {}  # callback key -> owners with latches
-        self._dirty: set[LatchKey] = set()
-        self._live: frozenset[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self._sets)
-
-    def get(self, key: str, owner: int | None) -> frozenset[int]:
-        return self._sets.get((key, owner), frozenset())
-
-    def set(self, key: str, owner: int | None, positions: frozenset[int]) -> None:
-        """Replace the latched positions; an empty set clears the latch."""
-        if positions == self.get(key, owner):
-            return
-        self._dirty.add((key, owner))
-        if positions:
-            self._sets[(key, owner)] = positions
-            self._owners.setdefault(key, set()).add(owner)
-            return
-        del self._sets[(key, owner)]
-        owners = self._owners[key]
-        owners.discard(owner)
-        if not owners:
-            del self._owners[key]
-
-    def drop_callbacks(self, keys: Iterable[str]) -> None:
-        """Forget every latch of these callbacks (removed or changed at reload)."""
-        for key in list(keys):
-            for owner in list(self._owners.get(key, ())):
-                self.set(key, owner, frozenset())
-
-    def adopt(self, live: frozenset[str]) -> None:
-        """Drop the latches of callbacks not in the table (removed, moved or edited)."""
-        if live is not self._live:
-            self._live = live
-            self.drop_callbacks([k for k in self._owners if k not in live])
-
-    def drop_owners(self, owners: Iterable[int]) -> None:
-        """Forget every latch owned by these jobs (expired from the registry)."""
-        gone = set(owners)
-        for key, owners_of_key in list(self._owners.items()):
-            for owner in owners_of_key & gone:
-                self.set(key, owner, frozenset())
-
-    def take_dirty(self) -> dict[LatchKey, frozenset[int] | None]:
-        """Latches changed since the last call (None = cleared); resets tracking."""
-        rows = {k: self._sets.get(k) for k in self._dirty}
-        self._dirty.clear()
-        return rows
-
-    def load(self, rows: Iterable[tuple[LatchKey, Iterable[int]]]) -> None:
-        for (key, owner), positions in rows:
-            self.set(key, owner, frozenset(positions))
-        self._dirty.clear()
 
 
 class MatchState:

@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 # Default queued runs beyond which intake stops reading new requests (replies are delayed,
 # nothing is dropped); it resumes below half of it. Each queued run costs about 2 KiB.
 DEFAULT_QUEUE_LIMIT: Final = 20_000
+# Events numbered plus runs finished since the last `on_idle` call before the next one is
+# due: releasing memory costs a few milliseconds, so a daemon that drains after every run
+# at low load pays it once per this much work (bench/b_rss.py).
+IDLE_WORK: Final = 1000
+
+# A job's chain: the seq groups of its events whose runs have not all finished, oldest
+# first; the first is released (its runs are ready or running). A list, not a deque: most
+# chains hold one group, and a deque costs about 630 bytes however short it is.
+_Group = tuple[int, list[RunRequest], float]  # (seq, its runs, monotonic time queued)
 
 
 def _job_key(req: RunRequest) -> Any:
@@ -40,7 +49,7 @@ class Scheduler:
         self.per_job_order = per_job_order
         self._execute = execute
         self._ready: deque[tuple[RunRequest, float]] = deque()
-        self._chains: dict[Any, deque[tuple[int, list[RunRequest], float]]] = {}
+        self._chains: dict[Any, list[_Group]] = {}
         self._chain_left: dict[Any, int] = {}
         self._held = 0
         self.running = 0
@@ -51,6 +60,10 @@ class Scheduler:
         self.last_seq = 0
         self.closing = False
         self.on_drained: Callable[[], None] | None = None
+        # Called when nothing runs or waits any more, once IDLE_WORK has been done since
+        # the previous call: the moment to give memory back (supervisord/memory.py).
+        self.on_idle: Callable[[], None] | None = None
+        self._work = 0
 
     @property
     def queued(self) -> int:
@@ -75,7 +88,7 @@ class Scheduler:
             if not self.per_job_order or key is None:
                 self._ready.extend((req, now) for req in group)
                 continue
-            chain = self._chains.setdefault(key, deque())
+            chain = self._chains.setdefault(key, [])
             chain.append((seq, group, now))
             if len(chain) == 1:
                 self._release(key)
@@ -85,6 +98,7 @@ class Scheduler:
 
     def note_seq(self, last_seq: int) -> None:
         """The sequencer numbered events up to `last_seq`: waiters may be done now."""
+        self._work += max(0, last_seq - self.last_seq)
         self.last_seq = max(self.last_seq, last_seq)
         self._wake_waiters()
 
@@ -149,16 +163,30 @@ class Scheduler:
         key = _job_key(req)
         if key in self._chain_left:
             self._advance_chain(key)
+        self._work += 1
+        self._note_idle()  # before the waiters: what they ask next sees the memory given back
         self._wake_waiters()
         if self.on_drained is not None:
             self.on_drained()
+
+    def _note_idle(self) -> None:
+        if self.running or self.queued or self._work < IDLE_WORK:
+            return
+        self._work = 0
+        # A dict keeps the table of its largest size: start afresh once empty.
+        if not self._outstanding:
+            self._outstanding = {}
+        if not self._chains:
+            self._chains, self._chain_left = {}, {}
+        if self.on_idle is not None:
+            self.on_idle()
 
     def _advance_chain(self, key: Any) -> None:
         self._chain_left[key] -= 1
         if self._chain_left[key]:
             return
         chain = self._chains[key]
-        chain.popleft()
+        del chain[0]
         del self._chain_left[key]
         if not chain:
             del self._chains[key]
