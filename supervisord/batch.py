@@ -55,7 +55,7 @@ class Batch:
     """What one commit carries, and what the loop learns once it is durable."""
 
     events: list[tuple[int, str, float, str]] = field(default_factory=list)
-    ids: dict[str, int] = field(default_factory=dict)  # event_id -> seq within this batch
+    ids: dict[str, int] = field(default_factory=dict)  # event_id -> seq, stored or in this batch
     runs: list[tuple[Any, ...]] = field(default_factory=list)
     started: list[tuple[float, int]] = field(default_factory=list)
     finished: list[tuple[Any, ...]] = field(default_factory=list)

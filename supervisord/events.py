@@ -97,7 +97,72 @@ def validate_event(doc: Mapping[str, Any], now: float, line: str | None = None) 
     fields["time"] = time
     if work is not None:
         fields["work"] = work
-    return Event(name, kind, job_id, subid, work, host, float(time), event_id, fields)
+    return new_event(name, kind, job_id, subid, work, host, float(time), event_id, fields)
+
+
+def validate_request(doc: dict[str, Any], head: str, now: float, now_text: str) -> Event:
+    """``validate_event(doc, now, head + "}")`` for a request parsed from that line, with
+    ``now_text`` the JSON text of ``now``: the usual event (a job event, no subid, work,
+    host or time, an ASCII line without escapes) is checked inline, anything else by
+    validate_event. Same checks, same Event, same errors; built for 100,000 events/s."""
+    get = doc.get
+    name, kind, job, event_id = get("name"), get("type"), get("job"), get("event_id")
+    if (
+        kind == "job"
+        and type(name) is str
+        and name in EVENT_NAMES
+        and type(job) is dict
+        and type(job_id := job.get("id")) is int
+        and job_id >= 0
+        and (event_id is None or (type(event_id) is str and 0 < len(event_id) <= MAX_EVENT_ID))
+        and get("time") is None
+        and get("subid") is None
+        and get("work") is None
+        and get("host") is None
+        and get("op", "event") == "event"
+        and head.isascii()
+        and "\\u" not in head
+    ):
+        fields = Received(doc)
+        fields.pop("op", None)
+        fields["time"] = now
+        fields.head = f'{head},"time":{now_text}'
+        return new_event(name, kind, job_id, None, None, None, now, event_id, fields)
+    return validate_event(doc, now, head + "}")
+
+
+# A frozen dataclass sets each field through object.__setattr__: 1.3 µs for an Event, a
+# tenth of the intake budget per event. Setting the slots directly builds the same value in
+# half the time; only validated fields reach it.
+_new: Final = object.__new__
+
+
+def _setter(name: str) -> Any:
+    return Event.__dict__[name].__set__
+
+
+_set_name, _set_type, _set_job_id, _set_subid, _set_work = map(
+    _setter, ("name", "type", "job_id", "subid", "work")
+)
+_set_host, _set_time, _set_event_id, _set_doc = map(_setter, ("host", "time", "event_id", "doc"))
+
+
+def new_event(
+    name: str, kind: str, job_id: int | None, subid: int | None, work: str | None,
+    host: str | None, time: float, event_id: str | None, doc: Mapping[str, Any],
+) -> Event:  # fmt: skip
+    """``Event(...)``, in half the time (see _new)."""
+    event: Event = _new(Event)
+    _set_name(event, name)
+    _set_type(event, kind)
+    _set_job_id(event, job_id)
+    _set_subid(event, subid)
+    _set_work(event, work)
+    _set_host(event, host)
+    _set_time(event, time)
+    _set_event_id(event, event_id)
+    _set_doc(event, doc)
+    return event
 
 
 def _optional(doc: Mapping[str, Any], kind: str) -> tuple[int | None, str | None, str | None]:

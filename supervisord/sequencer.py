@@ -57,7 +57,9 @@ class Sequencer:
         self.table = table  # swapped by reload in one assignment
         self._loop = loop
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        self._outbox: list[Any] = []  # submitted in this loop iteration, not yet handed over
+        self._outbox_lock = threading.Lock()  # stop() hands over from another thread
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self.state = MatchState(settings.job_retention)
@@ -66,7 +68,6 @@ class Sequencer:
         self._last_housekeeping = 0.0
         self.clean_start = True
         self._id_prefix = "qb-"
-        self._known: dict[str, int] = {}
         self._last_error = ""  # why the last commit failed, for the refusals it causes
 
     # -- lifecycle (called from the loop thread) -------------------------------------------
@@ -87,11 +88,26 @@ class Sequencer:
         self._thread.start()
 
     def submit(self, item: Any) -> None:
-        self._queue.put(item)
+        """Queue work, from the loop thread. What one loop iteration submits goes over in
+        one hand-over after it: eight clients answered at once send eight events that wake
+        this thread once and share one commit, instead of the first of them committing
+        alone while the loop is still reading the others."""
+        with self._outbox_lock:
+            self._outbox.append(item)
+            first = len(self._outbox) == 1
+        if first:
+            self._loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._outbox_lock:
+            items, self._outbox = self._outbox, []
+        if items:
+            self._queue.put(items)
 
     def stop(self, clean: bool) -> None:
         """Finish every queued item, then close the journal. Blocking: call from a thread."""
-        self._queue.put(None)
+        self._hand_over()  # what the loop has not handed over yet goes first
+        self._queue.put([None])
         if self._thread is not None:
             self._thread.join()
         if self._db is not None:
@@ -103,7 +119,7 @@ class Sequencer:
 
     def _main(self) -> None:
         while True:
-            items = [self._queue.get()]
+            items = self._queue.get()
             self._drain(items)
             if all(isinstance(i, Started | Finished) for i in items):
                 self._linger(items)
@@ -115,7 +131,7 @@ class Sequencer:
     def _drain(self, items: list[Any]) -> None:
         while True:
             try:
-                items.append(self._queue.get_nowait())
+                items += self._queue.get_nowait()
             except queue.Empty:
                 return
 
@@ -126,24 +142,26 @@ class Sequencer:
         deadline = time.monotonic() + RUN_RECORD_LINGER
         while (left := deadline - time.monotonic()) > 0:
             try:
-                item = self._queue.get(timeout=left)
+                more = self._queue.get(timeout=left)
             except queue.Empty:
                 return
-            items.append(item)
-            if not isinstance(item, Started | Finished):
+            items += more
+            if not all(isinstance(i, Started | Finished) for i in more):
                 self._drain(items)
                 return
 
     def _run_batch(self, items: list[Any]) -> None:
         assert self._db is not None
+        now = time.time()
+        self._housekeeping(now)  # its own statements, before this batch's transaction
         batch = Batch()
         saved = dict(self.counters)
+        readable = self._begin(items, batch)
         queries: list[Query] = []
         ticked = False
-        self._known = self._stored_ids(items)
         for item in items:
             if isinstance(item, Intake):
-                batch.replies.append((item.done, [self._accept(e, batch) for e in item.events]))
+                batch.replies.append((item.done, self._accept_all(item.events, batch, now)))
             elif isinstance(item, Started):
                 batch.started.append((item.at, item.run_id))
             elif isinstance(item, Finished):
@@ -152,22 +170,53 @@ class Sequencer:
                 ticked = True
             elif isinstance(item, Query):
                 queries.append(item)
-        now = time.time()
         if ticked:
             self._fire_clock(now, batch)
-        self._housekeeping(now, batch)
-        if batch.is_write() and not self._commit(batch):
-            self.counters = saved
-            self._fail(batch)
+        if batch.is_write():
+            if not (readable and self._commit(batch)):
+                self.counters = saved
+                self._fail(batch, saved["last_seq"])
+        elif readable:
+            self._end_read()
         for query in queries:  # after the commit: a query sees every write queued before it
             self._query(query, batch)
         deadline = self._next_deadline(now)
         self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
 
-    def _accept(self, event: Event, batch: Batch) -> Reply:
+    def _accept_all(self, events: list[Event], batch: Batch, now: float) -> list[Reply]:
+        """`_accept` for each event, with the usual one inline: a new job event with an id
+        that no callback's index lists (events/s are bounded by this loop). Such an event
+        only updates the registry and gets its seq, journal row and reply."""
+        table, state, counters, ids = self.table, self.state, self.counters, batch.ids
+        state.latches.adopt(table.live_keys)  # what match() does first; the table is fixed
+        observe, candidates, rows = state.registry.observe, table.candidates, batch.events
+        inline = not log.isEnabledFor(logging.DEBUG)
+        replies: list[Reply] = []
+        for event in events:
+            eid = event.event_id
+            if (
+                not inline
+                or eid is None
+                or eid in ids
+                or event.type != "job"
+                or candidates(event.name, "job")
+            ):
+                replies.append(self._accept(event, batch, now))
+                continue
+            seq = counters["last_seq"] = counters["last_seq"] + 1
+            counters["events_total"] += 1
+            observe(event)
+            rows.append((seq, eid, now, journal_text(event, seq, eid)))
+            ids[eid] = seq
+            replies.append(
+                {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": []}
+            )
+        return replies
+
+    def _accept(self, event: Event, batch: Batch, now: float) -> Reply:
         eid = event.event_id
         if eid is not None:
-            seq = self._known.get(eid) or batch.ids.get(eid)
+            seq = batch.ids.get(eid)
             if seq is not None:
                 return {"ok": True, "seq": seq, "event_id": eid, "duplicate": True, "matched": []}
         counters = self.counters
@@ -176,7 +225,7 @@ class Sequencer:
         if eid is None:
             eid = self._auto_id(seq)
         firings = match(self.table, self.state, event)
-        batch.events.append((seq, eid, time.time(), journal_text(event, seq, eid)))
+        batch.events.append((seq, eid, now, journal_text(event, seq, eid)))
         batch.ids[eid] = seq
         names: list[str] = []
         if firings:
@@ -206,11 +255,31 @@ class Sequencer:
                 RunRequest(run_id, seq, eid, firing.callback, firing.owner, doc, job)
             )
 
-    def _stored_ids(self, items: list[Any]) -> dict[str, int]:
-        """One lookup for every client event id of this batch: which are already stored."""
-        assert self._db is not None
+    def _begin(self, items: list[Any], batch: Batch) -> bool:
+        """Open the commit's transaction and look up which client event ids of the batch
+        are already stored (batch.ids; the commit's own events join them, for duplicates
+        within the batch): the check and the write see one snapshot. False when the journal
+        cannot be read: the batch is then refused, and this thread lives on."""
         ids = [e.event_id for i in items if isinstance(i, Intake) for e in i.events if e.event_id]
-        return store.find_events(self._db, ids) if ids else {}
+        if not ids:
+            return True
+        assert self._db is not None
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            batch.ids = store.find_events(self._db, ids)
+        except sqlite3.Error as exc:
+            self._journal_failed(exc, len(ids))
+            return False
+        return True
+
+    def _end_read(self) -> None:
+        """End a transaction that wrote nothing (every event a duplicate)."""
+        assert self._db is not None
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("journal rollback failed error=%s", exc)
 
     def _auto_id(self, seq: int) -> str:
         # The journal's random prefix keeps these apart from ids clients choose; a client
@@ -248,12 +317,12 @@ class Sequencer:
                 "time trigger fired trigger=%s late=%s%s", event.doc.get("trigger"), late,
                 " (its time passed while the daemon was down)" if late else "",
             )  # fmt: skip
-            self._accept(event, batch)
+            self._accept(event, batch, now)
 
     def _next_deadline(self, now: float) -> float | None:
         return next_deadline(self.table, self.state.clock, now)
 
-    def _housekeeping(self, now: float, batch: Batch) -> None:
+    def _housekeeping(self, now: float) -> None:
         if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
             return
         self._last_housekeeping = now
@@ -268,7 +337,8 @@ class Sequencer:
         db = self._db
         assert db is not None
         try:
-            db.execute("BEGIN IMMEDIATE")
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
             store.insert_events(db, batch.events)
             store.insert_runs(db, batch.runs)
             store.mark_started(db, batch.started)
@@ -285,20 +355,30 @@ class Sequencer:
             if changed.keys() - store.EVENT_COUNTERS:
                 self._stored = dict(self.counters)
         except sqlite3.Error as exc:
-            log.error("journal write failed error=%s events=%d", exc, len(batch.events))
-            self._last_error = str(exc)
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._journal_failed(exc, len(batch.events))
             return False
         return True
 
-    def _fail(self, batch: Batch) -> None:
-        """The commit failed: refuse every event of the batch, reload the matcher state."""
+    def _journal_failed(self, exc: sqlite3.Error, events: int) -> None:
+        log.error("journal write failed error=%s events=%d", exc, events)
+        self._last_error = str(exc)
+        assert self._db is not None
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as again:  # the next BEGIN finds out; the thread lives on
+                log.error("journal rollback failed error=%s", again)
+
+    def _fail(self, batch: Batch, stored_seq: int) -> None:
+        """The commit failed: refuse every event of the batch, reload the matcher state.
+        Only a duplicate of an event stored before (seq up to ``stored_seq``) keeps its
+        reply; a duplicate of one in the failed batch names a seq that was never stored."""
         assert self._db is not None
         message = f"the journal cannot be written: {self._last_error}"
         error = {"ok": False, "error": {"code": "unavailable", "message": message}}
         batch.replies = [
-            (done, [r if r.get("duplicate") else error for r in rs]) for done, rs in batch.replies
+            (done, [r if r.get("duplicate") and r["seq"] <= stored_seq else error for r in rs])
+            for done, rs in batch.replies
         ]
         batch.new_requests = []
         self._load_state(self._db)

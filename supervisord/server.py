@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.scanner
 import logging
 import socket
 import struct
@@ -13,51 +14,42 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
 from supervisord.errors import EventError
-from supervisord.events import validate_event
+from supervisord.events import validate_event, validate_request
 from supervisord.model import Event
+from supervisord.replies import Reply, encode, encode_acks, error
+
+__all__ = ["MAX_LINE", "WINDOW", "Backend", "Connection", "Reply", "Slot", "error"]
 
 log = logging.getLogger(__name__)
 
 # SPEC §3: a request line is at most 1 MiB.
 MAX_LINE: Final = 1 << 20
-Reply = dict[str, Any]
+# Events one connection may have read and not yet had answered before it stops reading.
+# A pipelining client otherwise runs far ahead of the journal, and every event in flight is
+# an object the garbage collector walks again and again (it cost more than parsing did);
+# a few reads' worth keeps the journal thread's batches large.
+WINDOW: Final = 8192
+# The C scanner json.loads runs after its decoding and blank skipping: one value from an index.
+_scan_once: Final = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
+_BLANKS: Final = " \t\r"  # JSON's blanks besides the newline that ends a line
+_EMPTY: Final = "empty request line: expected one JSON object"
 
 
-def error(code: str, message: str, **extra: Any) -> Reply:
-    return {"ok": False, "error": {"code": code, "message": message}, **extra}
+class _Batch:
+    """The events of consecutive request lines of one read, submitted together."""
 
+    __slots__ = ("conn", "events", "now", "now_text")
 
-_dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_string: Final = json.encoder.encode_basestring  # what _dumps does to a str
-_decode: Final = json.JSONDecoder().decode
-_ACK_KEYS: Final = ("ok", "seq", "event_id", "duplicate", "matched")
-_ACK: Final = '{"ok":true,"seq":%d,"event_id":%s,"duplicate":%s,"matched":%s}\n'
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.events: list[Event] = []
+        self.now = time.time()  # SPEC §3.1: `time` defaults to the time of intake
+        self.now_text = repr(self.now)  # as json writes a finite float
 
-
-def encode(reply: Reply) -> bytes:
-    return (_dumps(reply) + "\n").encode()
-
-
-def encode_ack(reply: Reply) -> bytes:
-    """`encode` for any reply, with a shortcut for the event acknowledgement (SPEC §3.1):
-    the same bytes, without walking the dict."""
-    if tuple(reply) != _ACK_KEYS or reply["ok"] is not True or type(reply["seq"]) is not int:
-        return encode(reply)
-    matched, eid = reply["matched"], reply["event_id"]
-    names = "[]" if not matched else _dumps(matched)
-    yes = "true" if reply["duplicate"] is True else "false" if reply["duplicate"] is False else ""
-    if not yes or type(eid) is not str:
-        return encode(reply)
-    return (_ACK % (reply["seq"], _string(eid), yes, names)).encode()
-
-
-def parse_line(line: bytes) -> tuple[Any, str | None]:
-    """json.loads(line), minus its encoding sniffing for the usual line (an object in
-    UTF-8), and the text parsed when it is that line."""
-    if line[:1] == b"{" and line[1:2] != b"\0":
-        text = line.decode("utf-8", "surrogatepass")  # what json.loads picks
-        return _decode(text), text
-    return json.loads(line), None
+    def flush(self) -> None:
+        if self.events:
+            self.conn._submit(self.events)
+            self.events = []
 
 
 class Backend(Protocol):
@@ -93,6 +85,7 @@ class Connection(asyncio.Protocol):
         self._slots: deque[Slot] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused_by: set[str] = set()
+        self._unacked = 0  # events submitted, replies not yet back
         self.peer_uid: int | None = None
         self._eof = False
 
@@ -129,6 +122,8 @@ class Connection(asyncio.Protocol):
             return
         self._buf += data
         self._process()
+        if self._unacked >= WINDOW:
+            self.pause("window")
 
     def _process(self) -> None:
         """Handle the complete lines buffered. While the daemon is congested, an event line
@@ -136,26 +131,78 @@ class Connection(asyncio.Protocol):
         them; requests before it are still answered."""
         if "congestion" in self._paused_by:
             return
-        events: list[tuple[Event, Slot]] = []
-        start = 0
-        stopped = False
-        while not stopped:
-            end = self._buf.find(b"\n", start)
+        buf = self._buf
+        if self._discarding:  # the rest of a line already answered with too_large
+            end = buf.find(b"\n")
             if end < 0:
-                break
-            if self._discarding:
-                self._discarding = False
-            else:
-                stopped = not self._handle_line(bytes(self._buf[start:end]), events)
-            if not stopped:
-                start = end + 1
-        del self._buf[:start]
-        if not stopped and len(self._buf) > MAX_LINE and not self._discarding:
+                buf.clear()
+                return
+            del buf[: end + 1]
+            self._discarding = False
+        complete = buf.rfind(b"\n") + 1
+        used = self._handle_lines(bytes(buf[:complete])) if complete else 0
+        del buf[:used]
+        if used == complete and len(buf) > MAX_LINE:
             self._discarding = True
+            buf.clear()
             self._push(error("too_large", f"request line longer than {MAX_LINE} bytes"))
-        if self._discarding:
-            self._buf.clear()
-        self._flush_events(events)
+
+    def _handle_lines(self, data: bytes) -> int:
+        """Answer or queue the lines of ``data`` (each ends with a newline); the bytes used,
+        fewer than all when congestion stops intake at an event line.
+
+        Decoded once and parsed in place (one scanner call per line, no copies): a line
+        that is not simply an object alone on its line is left to `_handle_line`, which
+        answers as json.loads would."""
+        try:
+            text = data.decode("utf-8", "surrogatepass")  # what json.loads picks for "{"
+        except UnicodeDecodeError:
+            return self._handle_raw(data)
+        batch = _Batch(self)
+        scan, find, size = _scan_once, text.find, len(text)
+        now, now_text = batch.now, batch.now_text
+        pos = 0
+        while pos < size:
+            nl = find("\n", pos)
+            doc: Any = None
+            if text[pos] == "{":
+                try:
+                    doc, end = scan(text, pos)
+                except (StopIteration, ValueError, RecursionError):
+                    doc = None
+                else:
+                    if end > nl or (end != nl and text[end:nl].strip(_BLANKS)):
+                        doc = None  # an object across lines, or extra data
+            if doc is None:
+                ok = self._handle_line(text[pos:nl].encode("utf-8", "surrogatepass"), batch)
+            elif batch.events and type(doc) is dict and doc.get("op", "event") == "event":
+                # The usual line, inline: an event joining a batch already let through
+                # (not closing, not congested: neither changes within one read).
+                try:
+                    batch.events.append(validate_request(doc, text[pos : end - 1], now, now_text))
+                except EventError as exc:
+                    self._refuse(batch, error("invalid_event", str(exc), field=exc.field))
+                ok = True
+            else:
+                ok = self._handle_doc(doc, text, pos, end, batch)
+            if not ok:
+                batch.flush()
+                return len(text[:pos].encode("utf-8", "surrogatepass"))
+            pos = nl + 1
+        batch.flush()
+        return len(data)
+
+    def _handle_raw(self, data: bytes) -> int:
+        """`_handle_lines` for data that is not UTF-8 throughout: line by line."""
+        batch = _Batch(self)
+        start = 0
+        while start < len(data):
+            end = data.index(b"\n", start)
+            if not self._handle_line(data[start:end], batch):
+                break
+            start = end + 1
+        batch.flush()
+        return start
 
     def _is_congested(self) -> bool:
         if not self.backend.is_congested():
@@ -185,60 +232,73 @@ class Connection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _handle_line(self, line: bytes, events: list[tuple[Event, Slot]]) -> bool:
+    def _handle_line(self, line: bytes, batch: _Batch) -> bool:
         """Answer or queue one request line; False when it must wait (congestion)."""
         if line[:1] != b"{" and not line.strip():
-            self._push(error("bad_json", "empty request line: expected one JSON object"))
-            return True
+            return self._refuse(batch, error("bad_json", _EMPTY))
         try:
-            doc, text = parse_line(line)
+            doc = json.loads(line)
         except (UnicodeDecodeError, ValueError) as exc:
-            self._push(error("bad_json", f"request is not valid JSON: {exc}"))
-            return True
+            return self._refuse(batch, error("bad_json", f"request is not valid JSON: {exc}"))
+        except RecursionError:
+            return self._refuse(batch, error("bad_json", "request is nested too deeply"))
         if not isinstance(doc, dict):
-            self._push(
-                error("bad_json", f"request must be a JSON object, got {type(doc).__name__}")
-            )
-            return True
+            message = f"request must be a JSON object, got {type(doc).__name__}"
+            return self._refuse(batch, error("bad_json", message))
+        if line[:1] != b"{" or line[1:2] == b"\0":
+            return self._handle_request(doc, None, batch)
+        text = line.decode("utf-8", "surrogatepass")  # parsed: an object in UTF-8
+        return self._handle_request(doc, text.rstrip()[:-1], batch)
+
+    def _handle_doc(self, doc: Any, text: str, start: int, end: int, batch: _Batch) -> bool:
+        """A request parsed from ``text[start:end]``."""
+        if type(doc) is not dict:
+            message = f"request must be a JSON object, got {type(doc).__name__}"
+            return self._refuse(batch, error("bad_json", message))
+        return self._handle_request(doc, text[start : end - 1], batch)
+
+    def _handle_request(self, doc: dict[str, Any], head: str | None, batch: _Batch) -> bool:
+        """``head`` is the request line without its closing brace, when it is known."""
         op = doc.get("op", "event")
         if self.backend.closing:
-            self._push(error("unavailable", "the daemon is shutting down"))
-        elif op == "event":
-            if self._is_congested():
+            return self._refuse(batch, error("unavailable", "the daemon is shutting down"))
+        if op == "event":
+            if not batch.events and self._is_congested():
                 return False  # this line and the rest wait for `resume`
-            self._take_event(doc, text, events)
-        else:
-            self._flush_events(events)
-            slot = Slot()
-            self._slots.append(slot)
-            self._spawn(self._call(op, doc, slot))
-        return True
-
-    def _take_event(
-        self, doc: dict[str, Any], text: str | None, events: list[tuple[Event, Slot]]
-    ) -> None:
-        try:
-            event = validate_event(doc, time.time(), text)
-        except EventError as exc:
-            self._push(error("invalid_event", str(exc), field=exc.field))
-            return
+            try:
+                if head is None:
+                    event = validate_event(doc, batch.now)
+                else:
+                    event = validate_request(doc, head, batch.now, batch.now_text)
+            except EventError as exc:
+                return self._refuse(batch, error("invalid_event", str(exc), field=exc.field))
+            batch.events.append(event)
+            return True
+        batch.flush()
         slot = Slot()
         self._slots.append(slot)
-        events.append((event, slot))
+        self._spawn(self._call(op, doc, slot))
+        return True
 
-    def _flush_events(self, events: list[tuple[Event, Slot]]) -> None:
-        if not events:
-            return
-        slots = [s for _, s in events]
-        batch = [e for e, _ in events]
-        events.clear()
+    def _refuse(self, batch: _Batch, reply: Reply) -> bool:
+        batch.flush()  # its replies come first
+        self._push(reply)
+        return True
+
+    def _submit(self, events: list[Event]) -> None:
+        """Hand events to the daemon; one slot holds all their replies, once committed."""
+        slot = Slot()
+        self._slots.append(slot)
+        self._unacked += len(events)
 
         def done(replies: list[Reply]) -> None:
-            for slot, reply in zip(slots, replies, strict=True):
-                slot.data = encode_ack(reply)
+            slot.data = encode_acks(replies)
+            self._unacked -= len(replies)
+            if self._unacked <= WINDOW // 2 and "window" in self._paused_by:
+                self.resume("window")
             self._write_ready()
 
-        self.backend.submit_events(batch, done)
+        self.backend.submit_events(events, done)
 
     async def _call(self, op: str, doc: dict[str, Any], slot: Slot) -> None:
         try:

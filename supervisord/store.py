@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final
 
 from supervisord.errors import StoreError
@@ -132,8 +133,23 @@ def id_prefix(db: sqlite3.Connection) -> str:
     return prefix
 
 
+# Events per INSERT statement. executemany steps once per row, and every step lets go of
+# the GIL and takes it back, waking the loop thread each time it waits for it; one
+# statement of many rows steps once.
+INSERT_CHUNK: Final = 256
+_INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?)"
+_INSERT_EVENTS: Final = "INSERT INTO events VALUES " + ", ".join(["(?, ?, ?, ?)"] * INSERT_CHUNK)
+
+
 def insert_events(db: sqlite3.Connection, rows: Sequence[tuple[int, str, float, str]]) -> None:
-    _many(db, "INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+    whole = len(rows) - len(rows) % INSERT_CHUNK
+    if whole:
+        chunks = [
+            tuple(chain.from_iterable(rows[i : i + INSERT_CHUNK]))
+            for i in range(0, whole, INSERT_CHUNK)
+        ]
+        db.executemany(_INSERT_EVENTS, chunks)
+    _many(db, _INSERT_EVENT, rows[whole:])
 
 
 def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:

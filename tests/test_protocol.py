@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from supervisord.server import encode, encode_ack, parse_line
+from supervisord.replies import encode, encode_ack, encode_acks
+from supervisord.server import WINDOW
 from tests.daemon_harness import Client, Daemon, event, wait_for_file
 
 TOUCH = "import os, pathlib\npathlib.Path(os.environ['QBDIR'], 'ran-' + os.environ['QB_EVENT_SEQ']).write_text('x')\n"  # noqa: E501
@@ -188,23 +190,70 @@ def test_ack_shortcut_writes_what_json_writes(reply: dict[str, object]) -> None:
     assert encode_ack(reply) == encode(reply) == want
 
 
-LINES = [
-    pytest.param(b'{"a": 1}', id="object"),
-    pytest.param(b'{"a": "\xed\xa0\x80"}', id="lone-surrogate"),
-    pytest.param(b'\xef\xbb\xbf{"a": 1}', id="utf8-bom"),
-    pytest.param('{"a": 1}'.encode("utf-16-le"), id="utf16"),
-    pytest.param(b'{"a": 1} x', id="extra-data"),
-    pytest.param(b"{", id="cut"),
-    pytest.param(b"[1]", id="array"),
-]
+def test_ack_batch_is_each_ack_in_turn() -> None:
+    replies = [p.values[0] for p in ACKS]
+    assert encode_acks(replies) == b"".join(encode(r) for r in replies)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("line", LINES)
-def test_parse_line_is_json_loads(line: bytes) -> None:
-    def outcome(parse: Callable[[bytes], object]) -> object:
-        try:
-            return parse(line)
-        except ValueError as exc:
-            return repr(exc)
+# Lines the server's one-pass parsing of a read must leave to json.loads, with what
+# json.loads makes of each: True for a reply with "ok": true, else the error code.
+ODD_LINES = [
+    pytest.param(b'{"op": "ping"}\r', True, id="crlf"),
+    pytest.param(b'  {"op": "ping"} \t', True, id="blanks"),
+    pytest.param(b'\xef\xbb\xbf{"op": "ping"}', True, id="utf8-bom"),
+    pytest.param('{"op": "ping"}'.encode("utf-16-le"), True, id="utf16"),
+    pytest.param(b'{"op": "ping"} x', "bad_json", id="extra-data"),
+    pytest.param(b'{"op": "ping"}{}', "bad_json", id="two-objects"),
+    pytest.param(b'{"op":', "bad_json", id="cut"),
+    pytest.param(b"[" * 100_000, "bad_json", id="nested-too-deeply"),
+    pytest.param(b"7", "bad_json", id="number"),
+    pytest.param(b"", "bad_json", id="empty"),
+    pytest.param(b'{"name": "complete", "type": "job", "job": {"id": "1"}}', "invalid_event",
+                 id="invalid-event"),
+]  # fmt: skip
 
-    assert outcome(lambda b: parse_line(b)[0]) == outcome(json.loads)
+
+def outcome(reply: dict[str, object]) -> object:
+    error = reply.get("error")
+    return True if reply["ok"] else error["code"] if isinstance(error, dict) else None
+
+
+@pytest.mark.parametrize(("line", "want"), ODD_LINES)
+def test_odd_line_among_events_in_one_read(daemon: Daemon, line: bytes, want: object) -> None:
+    before, after = (json.dumps(event("running", event_id=f"odd-{i}")).encode() for i in (1, 2))
+    with daemon.connect() as c:
+        c.send_raw(before + b"\n" + line + b"\n" + after + b"\n")
+        replies = [c.read() for _ in range(3)]
+    assert [outcome(r) for r in replies] == [True, want, True]
+    assert [r.get("event_id") for r in replies[::2]] == ["odd-1", "odd-2"]
+
+
+def test_an_object_across_two_lines_is_two_bad_lines(daemon: Daemon) -> None:
+    with daemon.connect() as c:
+        c.send_raw(b'{"op":\n"ping"}\n{"op": "ping"}\n')
+        assert [outcome(c.read()) for _ in range(3)] == ["bad_json", "bad_json", True]
+
+
+def test_a_read_that_is_not_utf8_is_answered_line_by_line(daemon: Daemon) -> None:
+    lines = [event("running", event_id="u-1"), event("running", event_id="u-2")]
+    data = [json.dumps(d).encode() + b"\n" for d in lines]
+    with daemon.connect() as c:
+        c.send_raw(data[0] + b'{"op": "ping", "x": "\xff"}\n' + data[1])
+        assert [outcome(c.read()) for _ in range(3)] == [True, "bad_json", True]
+
+
+def test_a_pipeline_longer_than_the_window_is_answered_in_order(daemon: Daemon) -> None:
+    # Reading stops at WINDOW unanswered events and resumes as commits answer them.
+    n = 3 * WINDOW + 7
+    docs = [event("running", job=i % 50, event_id=f"w-{i}") for i in range(n)]
+    data = b"".join(json.dumps(d).encode() + b"\n" for d in docs)
+    with daemon.connect() as c:
+        # Written from a thread while this one reads: replies nobody reads stop intake too.
+        sender = threading.Thread(target=c.send_raw, args=(data,))
+        sender.start()
+        replies = [c.read() for _ in range(n)]
+        sender.join()
+        assert c.request({"op": "ping"})["ok"] is True
+    assert [r["event_id"] for r in replies] == [d["event_id"] for d in docs]
+    seqs = [r["seq"] for r in replies]
+    assert seqs == list(range(seqs[0], seqs[0] + n))
