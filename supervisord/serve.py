@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -17,6 +18,12 @@ log = logging.getLogger(__name__)
 
 # Seconds a thread holds the GIL before another may take it (CPython's default is 0.005).
 SWITCH_INTERVAL: Final = 0.001
+# Allocations between young-generation collections (CPython's default is 700). Pipelined
+# intake keeps thousands of events in flight between the loop and the journal thread; at
+# 700 the collector walks them again and again: 1.5-3 µs per event measured with
+# gc.callbacks under bench/b_intake.py, more than validating an event costs. Objects
+# without cycles are still freed at once; only cyclic garbage lives a little longer.
+GC_THRESHOLD: Final = (50_000, 20, 20)
 
 
 def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
@@ -33,6 +40,7 @@ def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
     # sequencer thread otherwise waits out the 5 ms default switch interval, which cut the
     # spawn rate by half in bench/b_e2e.py. 1 ms keeps the loop thread responsive.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    gc.set_threshold(*GC_THRESHOLD)
     for warning in loaded.warnings:
         log.warning("%s", warning)
     daemon = Daemon(os.path.abspath(qbconf_path), settings, loaded)
