@@ -28,7 +28,7 @@ MAX_LINE: Final = 1 << 20
 # A pipelining client otherwise runs far ahead of the journal, and every event in flight is
 # an object the garbage collector walks again and again (it cost more than parsing did);
 # a few reads' worth keeps the journal thread's batches large.
-WINDOW: Final = 8192
+WINDOW: Final = 2048
 # The C scanner json.loads runs after its decoding and blank skipping: one value from an index.
 _scan_once: Final = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 _BLANKS: Final = " \t\r"  # JSON's blanks besides the newline that ends a line
