@@ -428,3 +428,25 @@ async def test_a_perl_script_that_never_names_qb_starts_without_the_module(
     assert first.outcome == second.outcome == "ok"
     assert output_lines(first)[1:] == ["none,not"]
     assert output_lines(second)[1:] == [f"{RUNTIME_DIR},loaded"]
+
+
+@pytest.mark.parametrize("limits", [{}, {"limit_nofile": 256}], ids=["spawn", "exec"])
+async def test_a_perl_callback_starts_with_sigpipe_at_its_default(
+    tmp_path: Path, limits: dict[str, int]
+) -> None:
+    # The daemon (Python) ignores SIGPIPE; a child must not inherit that, whether it is
+    # spawned directly or exec'd by the fork server (which a limit requires).
+    script = tmp_path / "sig.pl"
+    script.write_text(
+        'open(my $s, "<", "/proc/self/status") or die;\n'
+        'while (<$s>) { print "$1\\n" if /^SigIgn:\\s+(\\S+)/ }\n'
+    )
+    runner = Runner(make_settings(tmp_path, **limits))
+    try:
+        result = await runner.run(make_request(make_callback("sig.pl", tmp_path)))
+    finally:
+        await runner.aclose()
+    assert result.outcome == "ok", output_lines(result)
+    ignored = int(output_lines(result)[1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0
+    assert ignored & (1 << (signal.SIGXFSZ - 1)) == 0

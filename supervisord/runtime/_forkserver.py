@@ -249,6 +249,10 @@ class Server:
                 raise OSError("the fork server is gone")
             if job is None:
                 step = req["argv"][0]
+                # Python ignores SIGPIPE and SIGXFSZ; an exec'd program (Perl, say) gets
+                # them at their defaults, as from the daemon's own spawns.
+                _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+                _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
                 os.execve(req["argv"][0], req["argv"], req["env"])
             self._send(b"S %d %d" % (rid, os.getpid()))  # fd 3 is still the control socket
         except BaseException as exc:  # a child must never return to the loop
