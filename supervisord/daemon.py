@@ -192,11 +192,12 @@ class Daemon:
     def _committed(self, runs: list[RunRequest], deadline: float | None) -> None:
         """On the loop after each commit: schedule new runs, re-arm the clock timer."""
         assert self.sequencer is not None
-        for req in runs:
-            log.info(
-                "matched seq=%d event_id=%s callback=%s job=%s run_id=%d",
-                req.seq, req.event_id, req.callback.file, req.owner, req.run_id,
-            )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):  # each run's end is logged at info: enough
+            for req in runs:
+                log.debug(
+                    "matched seq=%d event_id=%s callback=%s job=%s run_id=%d",
+                    req.seq, req.event_id, req.callback.file, req.owner, req.run_id,
+                )  # fmt: skip
         self.scheduler.note_seq(self.sequencer.counters["last_seq"])
         self.scheduler.submit(runs)
         self._arm_clock(deadline)
