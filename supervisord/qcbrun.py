@@ -234,6 +234,7 @@ async def run_qcb(req: RunRequest, settings: Settings) -> RunResult:
                         req.run_id, req.callback.file, code.text, note)  # fmt: skip
         sink.write(f"{code.text}: {note if ok else 'failed: ' + note}\n".encode())
     sink.close()
+    await sink.flushed()
     done = ", ".join(code.text for code in req.callback.qcb) or "nothing"
     outcome, description = (
         ("failed", "; ".join(problems)) if problems else ("ok", f"applied {done}")

@@ -18,7 +18,7 @@ from supervisord.model import Settings
 from supervisord.qcbrun import run_qcb
 from supervisord.runchannel import Channel, local_jobinfo
 from supervisord.runenv import RUNTIME_DIR
-from supervisord.runoutput import OutputSink, PipeDrain, header_line
+from supervisord.runoutput import LOGS, OutputSink, PipeDrain, header_line
 from supervisord.runstart import ForkServers, Started, Starter
 from supervisord.runtypes import (
     Action,
@@ -132,6 +132,7 @@ class Runner:
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._forks.aclose(self._settings.kill_grace)
+        await LOGS.flush()
         if self._spawner is not None:
             self._spawner.close()
         if self._poller is not None:
@@ -242,6 +243,7 @@ class Runner:
         ended = time.time()
         actions = await child.channel.aclose()
         await self._settle_output(child, settings.kill_grace)
+        await child.drain.sink.flushed()  # what it printed is in the log when it is done
         outcome, description = _judge(status, child.stop_reason, timeout)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(

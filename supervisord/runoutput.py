@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Final
@@ -35,22 +37,128 @@ def cut_marker(limit: int) -> bytes:
     return f"[qbcallbacks: output cut at {limit} bytes]\n".encode()
 
 
+class LogWriter:
+    """Appends to .cb logs from a thread of its own, so that the loop never waits on the
+    log file system (a mkdir and an open per new job; an NFS log path may take seconds).
+    Appends are written in the order they were made; flush() resolves once everything
+    appended before it is written. No file is held open while there is nothing to write."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, bytes] | asyncio.Future[None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def append(self, path: str, data: bytes) -> None:
+        self._start()
+        self._queue.put((path, data))
+
+    async def flush(self) -> None:
+        if self._thread is None:
+            return  # nothing was ever appended
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put(future)
+        await future
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._work, name="qb-logs", daemon=True)
+                    thread.start()
+                    self._thread = thread
+
+    def _work(self) -> None:
+        out = _Appender()
+        flushed: list[asyncio.Future[None]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                out.close()  # idle: hold no file open
+                _resolve(flushed)
+                flushed = []
+                item = self._queue.get()
+            if isinstance(item, asyncio.Future):
+                flushed.append(item)
+            elif item is not None:
+                out.write(*item)
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for future in futures:
+        by_loop.setdefault(future.get_loop(), []).append(future)
+    for loop, waiting in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_set_done, waiting)
+
+
+def _set_done(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+class _Appender:
+    """The writer thread's one open log file."""
+
+    def __init__(self) -> None:
+        self._path: str | None = None
+        self._fd: int | None = None
+
+    def write(self, path: str, data: bytes) -> None:
+        try:
+            if path != self._path or self._fd is None:
+                self.close()
+                self._path = path
+                self._fd = _open_log(path)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            log.warning("cannot write callback log path=%s error=%s", path, exc)
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._path = None
+
+
+def _open_log(path: str) -> int:
+    try:
+        return os.open(path, _LOG_FLAGS, 0o644)
+    except FileNotFoundError:  # a new job: its log directory comes first
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, _LOG_FLAGS, 0o644)
+
+
+# The daemon's one writer; its thread starts with the first run that prints something.
+LOGS: Final = LogWriter()
+
+
 class OutputSink:
-    """Appends one run's output to a log file: header on the first byte, then at most
+    """One run's output for its job's log file: header on the first byte, then at most
     ``limit`` bytes, then a marker; the rest is dropped. A run that prints nothing
-    leaves the file untouched."""
+    leaves the file untouched. The bytes go to ``writer`` (the loop never writes a file);
+    flushed() waits until they are in the file."""
 
-    __slots__ = ("_broken", "_fd", "_header", "_limit", "_tail", "kept", "path", "truncated")
+    __slots__ = ("_header", "_limit", "_tail", "_writer", "kept", "path", "truncated", "wrote")
 
-    def __init__(self, path: str, header: Callable[[], bytes], limit: int) -> None:
+    def __init__(
+        self, path: str, header: Callable[[], bytes], limit: int, writer: LogWriter = LOGS
+    ) -> None:
         self.path = path
         self._header = header
         self._limit = max(0, limit)
-        self._fd: int | None = None
-        self._broken = False
+        self._writer = writer
         self._tail = b"\n"
         self.kept = 0
         self.truncated = False
+        self.wrote = False
 
     def write(self, data: bytes) -> None:
         if self.truncated or not data:
@@ -68,29 +176,19 @@ class OutputSink:
         self._emit(chunk + newline + cut_marker(self._limit))
 
     def close(self) -> None:
-        """End the run's output on a line of its own and close the file."""
-        if self._fd is None:
-            return
-        if self._tail != b"\n":
+        """End the run's output on a line of its own."""
+        if self.wrote and self._tail != b"\n":
             self._emit(b"\n")
-        os.close(self._fd)
-        self._fd = None
+
+    async def flushed(self) -> None:
+        if self.wrote:
+            await self._writer.flush()
 
     def _emit(self, data: bytes) -> None:
-        if self._broken:
-            return
-        try:
-            if self._fd is None:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self._fd = os.open(self.path, _LOG_FLAGS, 0o644)
-                data = self._header() + data  # made only for runs that print something
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as exc:
-            self._broken = True
-            log.warning("cannot write callback log path=%s error=%s", self.path, exc)
-            return
+        if not self.wrote:
+            self.wrote = True
+            data = self._header() + data  # made only for runs that print something
+        self._writer.append(self.path, data)
         self._tail = data[-1:]
 
 

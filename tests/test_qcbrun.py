@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from email import message_from_bytes
 from email.message import Message
@@ -17,6 +18,7 @@ from supervisord.model import MailSettings, QcbCode, Settings
 from supervisord.qcb import CODES
 from supervisord.qcbrun import recipient, render, run_qcb
 from supervisord.runner import Action, Runner, RunRequest
+from supervisord.runtypes import log_path
 from tests.test_runner import make_callback, make_request, make_settings
 
 ACTION_CODES = sorted(code for code, (action, _, _) in CODES.items() if action is not None)
@@ -221,3 +223,39 @@ async def test_mail_not_sent(tmp_path: Path, settings_changes: dict[str, Any], r
     result = await run_qcb(qcb_request(["mail-status", "unblock-self"]), settings)
     assert result.outcome == "failed" and reason in result.description
     assert result.actions == (Action("unblock", "1234"),)
+
+
+async def test_a_log_file_that_blocks_does_not_block_the_loop(tmp_path: Path) -> None:
+    # The job's .cb log is a FIFO nobody reads: opening it for writing blocks until a
+    # reader comes. The run waits for its log; the loop keeps serving meanwhile.
+    settings = make_settings(tmp_path)
+    path = Path(log_path(settings.logpath, 1234))
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    run = asyncio.ensure_future(run_qcb(qcb_request(["unblock-self"]), settings))
+    for _ in range(100):  # a hundred loop turns: the loop is free while the log waits
+        await asyncio.sleep(0)
+    assert not run.done()
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # now the writer's open succeeds
+    try:
+        result = await asyncio.wait_for(run, 30)
+        written = b""
+        while not written.endswith(b"\n"):
+            written += await asyncio.to_thread(os.read, reader, 65536)
+    finally:
+        os.close(reader)
+    assert result.outcome == "ok"
+    header, line = written.decode().splitlines()
+    assert header.startswith("=== ") and "callback=status.qcb" in header
+    assert line == "unblock-self: unblock 1234"
+
+
+async def test_an_unwritable_log_is_reported_and_the_run_still_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path)
+    Path(settings.logpath).mkdir(parents=True, exist_ok=True)
+    Path(settings.logpath, "job").write_text("a file where the directory should be")
+    result = await run_qcb(qcb_request(["unblock-self"]), settings)
+    assert result.outcome == "ok" and result.actions == (Action("unblock", "1234"),)
+    assert any("cannot write callback log" in r.getMessage() for r in caplog.records)
