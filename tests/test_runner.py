@@ -450,3 +450,23 @@ async def test_a_perl_callback_starts_with_sigpipe_at_its_default(
     ignored = int(output_lines(result)[1], 16)
     assert ignored & (1 << (signal.SIGPIPE - 1)) == 0
     assert ignored & (1 << (signal.SIGXFSZ - 1)) == 0
+
+
+@pytest.mark.parametrize("mode", ["forkserver", "fresh"])
+async def test_a_module_beside_the_callback_wins_over_the_standard_library(
+    tmp_path: Path, mode: str
+) -> None:
+    # As with `python FILE`: json.py (which the fork server itself has loaded) and
+    # email.py (which it would pre-import for the callback) beside the script come first.
+    (tmp_path / "json.py").write_text("WHO = 'local json'\n")
+    (tmp_path / "email.py").write_text("WHO = 'local email'\n")
+    (tmp_path / "cb.py").write_text("import email\nimport json\nprint(json.WHO, email.WHO)\n")
+    runner = Runner(make_settings(tmp_path, python_mode=mode))
+    try:
+        first = await runner.run(make_request(make_callback("cb.py", tmp_path), owner=1))
+        second = await runner.run(make_request(make_callback("cb.py", tmp_path), owner=2))
+    finally:
+        await runner.aclose()
+    for result in (first, second):
+        assert result.outcome == "ok", output_lines(result)
+        assert output_lines(result)[1:] == ["local json local email"]

@@ -62,11 +62,13 @@ class Environment:
         self._array, self._entries = array, entries
 
 
-def prewarm(code: types.CodeType, unimportable: set[str]) -> None:
+def prewarm(code: types.CodeType, unimportable: set[str], directory: str) -> None:
     """Import here the standard-library modules a callback imports: its children find
     them in sys.modules (paid once, not per run), and a server whose callbacks import
     little stays small, which forks and exits faster. Only the standard library: the
-    server never runs the callbacks' own code; ``unimportable``: names not to try again."""
+    server never runs the callbacks' own code; ``unimportable``: names not to try again.
+    A name the callback's ``directory`` holds itself (``email.py`` beside it) is left
+    alone: in the run, as in a fresh interpreter, that file comes first."""
     wanted = [
         name
         for name in _imports(code)
@@ -74,6 +76,7 @@ def prewarm(code: types.CodeType, unimportable: set[str]) -> None:
         and name.partition(".")[0] not in _NEVER
         and name not in sys.modules
         and name not in unimportable
+        and not _shadowed(name.partition(".")[0], directory)
     ]
     for name in wanted:
         try:
@@ -82,6 +85,36 @@ def prewarm(code: types.CodeType, unimportable: set[str]) -> None:
             unimportable.add(name)
     if wanted:
         gc.freeze()  # as at start-up: kept out of the children's collections
+
+
+def shadowed_modules(directory: str) -> tuple[str, ...]:
+    """Modules loaded in this server that ``directory`` holds itself (``json.py`` beside
+    a callback): a run drops them from sys.modules so that, as in a fresh interpreter,
+    its ``import json`` finds the file beside it."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return ()
+    tops = {n[:-3] for n in names if n.endswith(".py")} | {n for n in names if "." not in n}
+    return tuple(
+        sorted(
+            name
+            for name in sys.modules
+            if name.partition(".")[0] in tops
+            and name not in _KEEP
+            and _shadowed(name.partition(".")[0], directory)
+        )
+    )
+
+
+# Never dropped: the interpreter's own, and the qb module every callback is given.
+_KEEP: Final = frozenset({"__main__", "builtins", "sys", "qb"})
+
+
+def _shadowed(top: str, directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, top + ".py")) or os.path.isdir(
+        os.path.join(directory, top)
+    )
 
 
 def _imports(code: types.CodeType) -> list[str]:

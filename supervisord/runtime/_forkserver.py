@@ -75,6 +75,7 @@ class Script:
     dir: str
     code: types.CodeType
     main: types.ModuleType
+    shadowed: tuple[str, ...]  # modules the server has loaded that ``dir`` holds itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class Job:
         if script is None:  # it did not compile: the child fails as ``python FILE`` does
             _qbrun.run_script(self.path)
         else:
-            _qbrun.run_script(script.path, script.code, script.main, script.dir)
+            _qbrun.run_script(script.path, script.code, script.main, script.dir, script.shadowed)
 
 
 @dataclass(slots=True)
@@ -281,9 +282,11 @@ class Server:
             if hit is None or hit[0] != key:
                 code = _qbrun.compile_file(path)
                 directory = os.path.dirname(os.path.abspath(path))
-                hit = (key, Job(path, Script(path, directory, code, _qbrun.new_main(path))))
+                _forkprep.prewarm(code, self._unimportable, directory)
+                shadowed = _forkprep.shadowed_modules(directory)
+                script = Script(path, directory, code, _qbrun.new_main(path), shadowed)
+                hit = (key, Job(path, script))
                 self._jobs[path] = hit
-                _forkprep.prewarm(code, self._unimportable)
         except (SyntaxError, ValueError, OSError):
             self._jobs.pop(path, None)
             return Job(path, None)

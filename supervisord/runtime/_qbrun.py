@@ -46,10 +46,12 @@ def run_script(
     code: types.CodeType | None = None,
     main: types.ModuleType | None = None,
     directory: str | None = None,
+    shadowed: tuple[str, ...] = (),
 ) -> NoReturn:
     """Run FILE (or its already compiled ``code``) as ``__main__`` and exit as ``python
     FILE`` would: same exit status, traceback, thread joins, atexit handlers and flushes.
-    ``main``: a new_main(FILE) no one has used yet; ``directory``: FILE's, absolute.
+    ``main``: a new_main(FILE) no one has used yet; ``directory``: FILE's, absolute;
+    ``shadowed``: modules already loaded that FILE's directory holds itself.
 
     Shared by the fresh interpreter (below) and the fork server's children, so both modes
     behave the same. It ends with os._exit: tearing down every module of a forked
@@ -59,6 +61,8 @@ def run_script(
     # The callback's own directory first, as if it had been started as `python FILE`;
     # the runtime directory (on PYTHONPATH) stays behind it, so `import qb` works too.
     sys.path[0] = directory or os.path.dirname(os.path.abspath(path))
+    for name in shadowed:  # loaded by a fork server, but a file beside FILE comes first
+        sys.modules.pop(name, None)
     sys.argv = [path]
     main = main or new_main(path)
     sys.modules["__main__"] = main
