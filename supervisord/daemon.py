@@ -45,7 +45,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._congested: set[Connection] = set()
         self._intake_pending = 0  # events handed to the sequencer, not yet answered
-        self.subscribers: dict[Connection, int] = {}
+        # subscribe connections: None when live, else the actions held while catching up
+        self.subscribers: dict[Connection, list[Reply] | None] = {}
         self.tails: set[Connection] = set()
         self.allowed, unknown = allowed_uids(settings)
         for user in unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Final
 
 from supervisord import store
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 SUBSCRIBER_BUFFER: Final = 4 << 20
 # Durations kept per callback for the p50/p99 of `status`.
 DURATION_SAMPLES: Final = 512
+
+
+def _action_key(line: Reply) -> tuple[Any, ...]:
+    return (line["seq"], line["callback"], line["job_id"], line["action"], line["target"])
 
 
 def _int_field(doc: dict[str, Any], name: str, default: int | None = None) -> int | None:
@@ -107,16 +111,32 @@ class Ops:
 
     async def op_subscribe(self, doc: dict[str, Any], conn: Connection) -> Reply:
         since = _int_field(doc, "since")
-        self.d.subscribers[conn] = -1
-        if since is not None:
-            backlog = await self.d.query(lambda db, _s: store.actions_since(db, since))
-            # Sent after the ok reply, in order, before any live action.
-            asyncio.get_running_loop().call_soon(self._send_backlog, conn, backlog)
+        if since is None:
+            self.d.subscribers[conn] = None  # live from now on
+            return {"ok": True}
+        # Live actions are held while the stored ones are read: the backlog goes first,
+        # then what was held, less what the backlog already had (an action is stored
+        # when its run's end record commits, which may be before or after the read).
+        held: list[Reply] = []
+        self.d.subscribers[conn] = held
+        backlog = await self.d.query(lambda db, _s: store.actions_since(db, since))
+        # Sent after the ok reply, in order, before any live action.
+        asyncio.get_running_loop().call_soon(self._catch_up, conn, backlog, held)
         return {"ok": True}
 
-    def _send_backlog(self, conn: Connection, backlog: list[Reply]) -> None:
+    def _catch_up(self, conn: Connection, backlog: list[Reply], held: list[Reply]) -> None:
+        if self.d.subscribers.get(conn) is not held:
+            return  # gone meanwhile
+        stored = Counter(_action_key(line) for line in backlog)
         for line in backlog:
             conn.send_line(line)
+        for line in held:
+            key = _action_key(line)
+            if stored[key]:
+                stored[key] -= 1
+            else:
+                conn.send_line(line)
+        self.d.subscribers[conn] = None
 
     async def op_tail(self, doc: dict[str, Any], conn: Connection) -> Reply:
         self.d.tails.add(conn)
@@ -204,8 +224,11 @@ class Ops:
                 "op": "action", "seq": req.seq, "callback": req.callback.file,
                 "job_id": req.owner, "action": action.action, "target": action.target,
             }  # fmt: skip
-            for conn in list(self.d.subscribers):
-                self._send_bounded(conn, line)
+            for conn, held in list(self.d.subscribers.items()):
+                if held is None:
+                    self._send_bounded(conn, line)
+                else:
+                    held.append(line)
 
     def publish_tail(self, line: Reply) -> None:
         for conn in list(self.d.tails):
