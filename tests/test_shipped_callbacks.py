@@ -438,7 +438,11 @@ def retrywork(workid):
 def test_apply_actions_applies_with_qube_api_and_resumes(sock_path: str, tmp_path: Path) -> None:
     (tmp_path / "qb.py").write_text(FAKE_QUBE_API)
     calls = tmp_path / "calls"
-    scripts = [[action(5, "retry", "1234:frame5")], [action(6, "retry", "1234:frame6")]]
+    # The daemon replays seq 5 on the reconnect (since 4): applied once all the same.
+    scripts = [
+        [action(5, "retry", "1234:frame5")],
+        [action(5, "retry", "1234:frame5"), action(6, "retry", "1234:frame6")],
+    ]
     daemon = FakeDaemon(sock_path, scripts)
     proc = bridge(sock_path, tmp_path, "--apply")
     assert proc.stdout is not None
@@ -447,7 +451,7 @@ def test_apply_actions_applies_with_qube_api_and_resumes(sock_path: str, tmp_pat
     proc.communicate(timeout=60)
     daemon.close()
     assert "applied qb.retrywork('1234:frame6')" in lines[3], lines
-    assert daemon.requests == [{"op": "subscribe", "since": 0}, {"op": "subscribe", "since": 5}]
+    assert daemon.requests == [{"op": "subscribe", "since": 0}, {"op": "subscribe", "since": 4}]
     assert calls.read_text().splitlines() == [
         '["retrywork", "1234:frame5"]',
         '["retrywork", "1234:frame6"]',

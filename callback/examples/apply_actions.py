@@ -12,8 +12,10 @@ socket, sends ``{"op": "subscribe", "since": N}`` and reads action lines:
 With Qube's Python API importable (Qube's ``qb`` module: it has ``qb.ping`` and
 ``qb.submit``, which the callback runtime's ``qb`` has not) each action is
 applied -- ``qb.unblock(1234)``, ``qb.retrywork("1234:frame5")``, ... -- else it
-is printed. On a lost connection it reconnects with ``since`` = the last seq
-seen, so nothing is missed across a daemon restart.
+is printed. On a lost connection it reconnects with ``since`` one below the last
+seq seen and skips the actions of that seq it has already handled: nothing is
+missed across a daemon restart, even when the connection dropped between two
+actions of one event, and nothing is applied twice.
 
     python3 apply_actions.py --socket /run/qbcallbacks/callbacks.sock
     python3 apply_actions.py --config /etc/qb.conf --print     # never apply
@@ -32,6 +34,7 @@ import re
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -151,19 +154,28 @@ def handle(doc: dict[str, Any], api: Any | None, out: Callable[[str], None]) -> 
             out(f"applied qb.{call[0]}({call[1]!r}) -> {result!r}: {what}")
 
 
+def _action_key(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """An action without its stored ``id`` (live lines have none)."""
+    return tuple(doc.get(k) for k in ("seq", "callback", "job_id", "action", "target"))
+
+
 def run(args: argparse.Namespace, api: Any | None) -> int:
-    """Subscribe forever (or once), reconnecting with since = the last seq seen."""
+    """Subscribe forever (or once), reconnecting from the last seq seen."""
     path, since, delay = find_socket(args), args.since, args.retry_delay
-    seen: set[str] = set()  # actions of the last seq, in case the daemon replays it
+    # The actions of seq `since` handled so far: on a reconnect the daemon sends that
+    # seq's actions again (a drop may have come between two of them), these are skipped.
+    seen: Counter[tuple[Any, ...]] = Counter()
     while True:
+        replayed = Counter(seen)
         try:
-            for doc in subscribe(path, since):
-                key = json.dumps(doc, sort_keys=True)
-                if doc.get("seq") == since and key in seen:
+            for doc in subscribe(path, since - 1 if seen else since):
+                key = _action_key(doc)
+                if doc.get("seq") == since and replayed[key]:
+                    replayed[key] -= 1
                     continue
                 if doc.get("seq") != since:
-                    since, seen = int(doc.get("seq", since)), set()
-                seen.add(key)
+                    since, seen = int(doc.get("seq", since)), Counter()
+                seen[key] += 1
                 handle(doc, api, lambda text: print(text, flush=True))
                 delay = args.retry_delay
             print(f"connection to {path} closed (last seq {since})", flush=True)
