@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import fcntl
+import logging
 import os
 import queue
 import signal
@@ -44,6 +46,7 @@ _LOW_FD_FLOOR: Final = 10
 THREADS: Final = 2
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,18 +280,24 @@ class Spawner:
                     continue
                 self._woken = True
             loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._deliver)
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self._lock:
             self._woken = False
         while self._done:
             item, ok, value = self._done.popleft()
-            item.after()
-            if item.future.cancelled():
-                item.discard(value if ok else None)
-            elif ok:
+            try:
+                item.after()
+                if item.future.cancelled():
+                    item.discard(value if ok else None)
+            except Exception:  # a failed cleanup must not leave the other results waiting
+                log.exception("spawn cleanup failed")
+            if item.future.done():
+                continue
+            if ok:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -83,7 +84,11 @@ class LogWriter:
             if isinstance(item, asyncio.Future):
                 flushed.append(item)
             elif item is not None:
-                out.write(*item)
+                try:
+                    out.write(*item)
+                except Exception:  # never let the thread die: every run waits on it
+                    log.exception("callback log writer failed path=%s", item[0])
+                    out.close()
 
 
 def _resolve(futures: list[asyncio.Future[None]]) -> None:
@@ -91,7 +96,7 @@ def _resolve(futures: list[asyncio.Future[None]]) -> None:
     for future in futures:
         by_loop.setdefault(future.get_loop(), []).append(future)
     for loop, waiting in by_loop.items():
-        if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
             loop.call_soon_threadsafe(_set_done, waiting)
 
 
@@ -122,10 +127,12 @@ class _Appender:
             self.close()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = None
-        self._path = None
+        fd, self._fd, self._path = self._fd, None, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:  # NFS reports a failed write-back at close
+                log.warning("cannot close callback log error=%s", exc)
 
 
 def _open_log(path: str) -> int:

@@ -1,0 +1,44 @@
+"""The .cb log writer thread: order, flush, and surviving what it cannot write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from supervisord.runoutput import LogWriter
+
+
+async def test_appends_in_order_creating_the_directory_and_flush_waits_for_them(
+    tmp_path: Path,
+) -> None:
+    writer = LogWriter()
+    path = tmp_path / "job" / "1000" / "1234" / "1234.cb"
+    other = tmp_path / "global.cb"
+    for n in range(50):
+        writer.append(str(path), b"line %d\n" % n)
+        writer.append(str(other), b"other %d\n" % n)
+    await writer.flush()
+    assert path.read_bytes() == b"".join(b"line %d\n" % n for n in range(50))
+    assert other.read_bytes().count(b"\n") == 50
+
+
+async def test_a_failing_write_is_logged_and_the_writer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = LogWriter()
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a directory should be")
+    writer.append(str(blocked / "x.cb"), b"lost\n")  # OSError: not a directory
+    writer.append(str(tmp_path / "y.cb"), cast(Any, "not bytes"))  # a bug: TypeError
+    writer.append(str(tmp_path / "z.cb"), b"kept\n")
+    await writer.flush()  # resolves: the thread is alive
+    assert (tmp_path / "z.cb").read_bytes() == b"kept\n"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot write callback log" in m and "x.cb" in m for m in messages)
+    assert any("callback log writer failed" in m and "y.cb" in m for m in messages)
+
+
+async def test_flush_without_appends_returns_at_once() -> None:
+    await LogWriter().flush()
