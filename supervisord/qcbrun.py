@@ -15,7 +15,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any, Final
 
 from supervisord.model import MailSettings, QcbCode, Settings
-from supervisord.runoutput import OutputSink, header_line
+from supervisord.runoutput import LogWriter, OutputSink, header_line
 from supervisord.runtypes import (
     Action,
     RunRequest,
@@ -212,11 +212,23 @@ async def send_mail(kind: str, req: RunRequest, settings: Settings) -> tuple[boo
     return True, f"mailed {to}"
 
 
-async def run_qcb(req: RunRequest, settings: Settings) -> RunResult:
-    """Apply every code of a .qcb callback, in order; no process is started."""
+async def run_qcb(req: RunRequest, settings: Settings, logs: LogWriter | None = None) -> RunResult:
+    """Apply every code of a .qcb callback, in order; no process is started. Its lines go
+    through ``logs`` (a writer of its own for this run when None)."""
     started = time.time()
     path = log_path(settings.logpath, req.owner)
-    sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit)
+    writer = logs or LogWriter()
+    try:
+        return await _apply(req, settings, started, path, writer)
+    finally:
+        if logs is None:
+            writer.close()
+
+
+async def _apply(
+    req: RunRequest, settings: Settings, started: float, path: str, logs: LogWriter
+) -> RunResult:
+    sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit, logs)
     actions: list[Action] = []
     problems: list[str] = []
     for code in req.callback.qcb:

@@ -18,7 +18,7 @@ from supervisord.model import Settings
 from supervisord.qcbrun import run_qcb
 from supervisord.runchannel import Channel, local_jobinfo
 from supervisord.runenv import RUNTIME_DIR
-from supervisord.runoutput import LOGS, OutputSink, PipeDrain, header_line
+from supervisord.runoutput import LogWriter, OutputSink, PipeDrain, header_line
 from supervisord.runstart import ForkServers, Started, Starter
 from supervisord.runtypes import (
     Action,
@@ -68,6 +68,7 @@ class Runner:
         self._closing = False
         self._forks = ForkServers()
         self._spawner = Spawner() if cspawn.available() else None
+        self._logs = LogWriter()  # its thread starts with the first run that prints
         self._poller: process.Poller | None = None
         self.update(settings)
 
@@ -102,7 +103,7 @@ class Runner:
         if req.callback.language == "qube":
             if on_start is not None:
                 on_start()
-            return await run_qcb(req, settings)
+            return await run_qcb(req, settings, self._logs)
         argv = starter.argv(req)
         if isinstance(argv, str):
             return _failed_start(req, started, argv)
@@ -132,7 +133,7 @@ class Runner:
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._forks.aclose(self._settings.kill_grace)
-        await LOGS.flush()
+        await asyncio.to_thread(self._logs.close)  # the last lines written, thread ended
         if self._spawner is not None:
             self._spawner.close()
         if self._poller is not None:
@@ -191,7 +192,9 @@ class Runner:
         context = f"run={req.run_id} callback={req.callback.file} pid={pid}"
         log.debug("spawned seq=%d job=%s %s", req.seq, req.owner, context)
         path = log_path(settings.logpath, req.owner)
-        sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit)
+        sink = OutputSink(
+            path, lambda: header_line(req, started), settings.output_limit, self._logs
+        )
         answer = self._jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
         drain: PipeDrain | None = None
         channel: Channel | None = None

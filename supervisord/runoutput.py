@@ -62,6 +62,14 @@ class LogWriter:
         self._queue.put(future)
         await future
 
+    def close(self) -> None:
+        """Write what is queued, then end the thread (a later append starts a new one)."""
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+            self._thread = None
+
     def _start(self) -> None:
         if self._thread is None:
             with self._lock:
@@ -81,9 +89,13 @@ class LogWriter:
                 _resolve(flushed)
                 flushed = []
                 item = self._queue.get()
+            if item is None:
+                out.close()
+                _resolve(flushed)
+                return
             if isinstance(item, asyncio.Future):
                 flushed.append(item)
-            elif item is not None:
+            else:
                 try:
                     out.write(*item)
                 except Exception:  # never let the thread die: every run waits on it
@@ -143,10 +155,6 @@ def _open_log(path: str) -> int:
         return os.open(path, _LOG_FLAGS, 0o644)
 
 
-# The daemon's one writer; its thread starts with the first run that prints something.
-LOGS: Final = LogWriter()
-
-
 class OutputSink:
     """One run's output for its job's log file: header on the first byte, then at most
     ``limit`` bytes, then a marker; the rest is dropped. A run that prints nothing
@@ -156,7 +164,7 @@ class OutputSink:
     __slots__ = ("_header", "_limit", "_tail", "_writer", "kept", "path", "truncated", "wrote")
 
     def __init__(
-        self, path: str, header: Callable[[], bytes], limit: int, writer: LogWriter = LOGS
+        self, path: str, header: Callable[[], bytes], limit: int, writer: LogWriter
     ) -> None:
         self.path = path
         self._header = header

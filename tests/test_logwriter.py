@@ -42,3 +42,18 @@ async def test_a_failing_write_is_logged_and_the_writer_goes_on(
 
 async def test_flush_without_appends_returns_at_once() -> None:
     await LogWriter().flush()
+
+
+async def test_close_writes_what_is_queued_and_a_later_append_starts_again(
+    tmp_path: Path,
+) -> None:
+    writer = LogWriter()
+    path = tmp_path / "a.cb"
+    for n in range(100):
+        writer.append(str(path), b"%d\n" % n)
+    writer.close()  # returns once the queue is written
+    assert path.read_bytes().count(b"\n") == 100
+    writer.append(str(path), b"again\n")
+    await writer.flush()
+    assert path.read_bytes().endswith(b"99\nagain\n")
+    writer.close()
