@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from supervisord import cspawn
 from supervisord.model import Callback, Settings, Term
 from supervisord.process import Poller, decode_status
 from supervisord.runner import RUNTIME_DIR, Action, Runner, RunRequest, RunResult
@@ -470,3 +471,19 @@ async def test_a_module_beside_the_callback_wins_over_the_standard_library(
     for result in (first, second):
         assert result.outcome == "ok", output_lines(result)
         assert output_lines(result)[1:] == ["local json local email"]
+
+
+async def test_without_glibc_spawn_extensions_runs_start_with_os_posix_spawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A libc without posix_spawn_file_actions_addclosefrom_np (musl, glibc < 2.34): the
+    # runner spawns on the loop with os.posix_spawn, with the same result.
+    monkeypatch.setattr(cspawn, "available", lambda: False)
+    (tmp_path / "cwd.pl").write_text('use Cwd; print getcwd(), " $qb::jobid\\n";\n')
+    runner = Runner(make_settings(tmp_path))
+    try:
+        result = await runner.run(make_request(make_callback("cwd.pl", tmp_path)))
+    finally:
+        await runner.aclose()
+    assert result.outcome == "ok", output_lines(result)
+    assert output_lines(result)[1:] == [f"{tmp_path} 1234"]
