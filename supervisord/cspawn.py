@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import logging
 import os
 import queue
@@ -33,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
+from supervisord import process
+
 # glibc's flag values (spawn.h); its structures are opaque here, sized generously.
 _SETSIGDEF: Final = 0x04
 _SETSIGMASK: Final = 0x08
@@ -40,8 +41,6 @@ _SETSID: Final = 0x80
 _OPAQUE: Final = 1024
 # Signals the daemon (Python) ignores that a callback must get with default handling.
 _DEFAULTED: Final = (signal.SIGPIPE, signal.SIGXFSZ)
-# Where a source descriptor that is itself a child fd number is first moved (prepare).
-_LOW_FD_FLOOR: Final = 10
 # Spawns in flight at once: each thread waits out one child's exec.
 THREADS: Final = 2
 
@@ -154,13 +153,7 @@ def prepare(
     quick = libc.quick
     actions = ctypes.create_string_buffer(_OPAQUE)
     _check(quick.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
-    # A source numbered below len(fds) could be overwritten by an earlier dup2 in the
-    # child: such a source is duplicated out of the way first (closed by release()).
-    moved = {
-        src: fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, _LOW_FD_FLOOR)
-        for src in set(fds)
-        if src < len(fds)
-    }
+    moved = process.move_low_sources(fds)  # their duplicates: closed by release()
     prepared = Prepared(
         os.fsencode(argv[0]),
         actions,
@@ -220,7 +213,7 @@ class Spawner:
     loop is woken once for however many results are waiting."""
 
     def __init__(self, threads: int = THREADS) -> None:
-        self._threads = threads  # 0: on the calling thread (the GIL is still released)
+        self._threads = threads
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[_Job[Any], bool, Any]] = collections.deque()
         self._lock = threading.Lock()
@@ -238,11 +231,6 @@ class Spawner:
         job is over, whatever happened. If the caller is cancelled meanwhile the job
         still ends, and ``discard`` then gets its result (None if it raised): a child is
         never left behind."""
-        if not self._threads:
-            try:
-                return job()
-            finally:
-                after()
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._start(loop)

@@ -97,17 +97,24 @@ def decode_status(exit_code: int | None, signal_number: int | None) -> str:
     return f"exit status {exit_code}"
 
 
+def move_low_sources(fds: Sequence[int]) -> dict[int, int]:
+    """For a child given fd ``i`` = ``fds[i]``: each source numbered below ``len(fds)``
+    (an earlier dup2 in the child could overwrite it) duplicated out of the way, as
+    {source: duplicate}. The caller closes the duplicates after the spawn."""
+    return {
+        fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _LOW_FD_FLOOR)
+        for fd in set(fds)
+        if fd < len(fds)
+    }
+
+
 def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: str, fds: Sequence[int]) -> int:
     """Start ``argv`` in a new session with child fd ``i`` = ``fds[i]``; return its pid.
 
     Every other descriptor of the daemon is close-on-exec (Python's default), so
     the child gets exactly ``len(fds)`` descriptors.
     """
-    low = {
-        fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _LOW_FD_FLOOR)
-        for fd in set(fds)
-        if fd < len(fds)
-    }
+    low = move_low_sources(fds)
     actions = [(os.POSIX_SPAWN_DUP2, low.get(src, src), dst) for dst, src in enumerate(fds)]
     # Python 3.11's posix_spawn has no chdir file action. Changing the daemon's
     # cwd around the call is safe because the loop thread is the only thread that

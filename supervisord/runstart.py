@@ -231,7 +231,7 @@ async def start(req: RunRequest, argv: list[str], env: dict[str, str], launch: L
     fds = (stdin, child_ends[1], child_ends[1], child_ends[2])
     if launch.how == SPAWN and launch.spawner is not None:
         return await _launch(
-            launch.spawner, argv, env, req.callback.dir, hello, fds, read_end, ours
+            launch.spawner, argv, env, req.callback.dir, hello, fds, child_ends, read_end, ours
         )
     try:
         try:
@@ -258,13 +258,13 @@ async def _launch(
     cwd: str,
     hello: bytes,
     fds: tuple[int, int, int, int],
+    child_ends: tuple[int, int, int],
     read_end: int,
     ours: socket.socket,
 ) -> Started:
-    """The SPAWN start through a spawn thread. The child's ends (``fds``) are closed once
-    the launch is over; ``read_end`` and ``ours`` are closed on failure, and on
+    """The SPAWN start through a spawn thread. The child's ends (what ``fds`` holds) are
+    closed once the launch is over; ``read_end`` and ``ours`` are closed on failure, and on
     cancellation too, then with the child killed and reaped, once the launch is over."""
-    child_ends = tuple(sorted(set(fds)))
     try:
         sent = _send_nowait(ours, hello)  # a socket buffer takes it whole, but for huge docs
         prepared = cspawn.prepare(argv, env, cwd=cwd, fds=fds)
