@@ -23,7 +23,7 @@ from common import (
 )
 from loops import auto_loop
 
-from supervisord.runenv import RUNTIME_DIR, command, names_qb
+from supervisord.run.env import RUNTIME_DIR, command, names_qb
 
 GOAL = 0.85
 # What SPEC §4 sets for every run (values of the size the daemon sends), besides the qb path.

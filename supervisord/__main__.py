@@ -2,6 +2,6 @@
 
 import sys
 
-from supervisord.cli import main
+from supervisord.cli.main import main
 
 sys.exit(main())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisord.callbacks_conf import Entry, parse_callbacks_conf
-from supervisord.model import And, Term
+from supervisord.core.callbacks_conf import Entry, parse_callbacks_conf
+from supervisord.core.model import And, Term
 
 SPEC_EXAMPLE = """\
 # filename = triggers

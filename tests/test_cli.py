@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from supervisord import textfmt
-from supervisord.cli import build_parser, main
+from supervisord.cli.main import build_parser, main
+from supervisord.core import textfmt
 from tests.test_client import CLOSE, Reply, StubServer
 
 RUN_OK = {
@@ -238,7 +238,7 @@ def test_unreachable_default_socket(capsys: pytest.CaptureFixture[str], short_tm
 def test_socket_from_qbconf(
     capsys: pytest.CaptureFixture[str], server: StubServer, short_tmp: Path
 ) -> None:
-    pytest.importorskip("supervisord.load")
+    pytest.importorskip("supervisord.daemon.load")
     conf = short_tmp / "qb.conf"
     conf.write_text(f"supervisor_event_socket = {server.server_address}\n")
     code, out, _ = run(capsys, ["status"], env={"QB_CONF": str(conf), "QBDIR": str(short_tmp)})
@@ -419,7 +419,7 @@ def test_serve_config_error_exits_78(
 
 
 def test_check(capsys: pytest.CaptureFixture[str], short_tmp: Path) -> None:
-    pytest.importorskip("supervisord.load")
+    pytest.importorskip("supervisord.daemon.load")
     cbdir = short_tmp / "callback"
     cbdir.mkdir()
     (cbdir / "ok.py").write_text("print('hi')\n")
@@ -440,7 +440,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_simulate_shipped_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("supervisord.simulate")
+    pytest.importorskip("supervisord.core.simulate")
     scenario = str(REPO / "callback" / "scenarios" / "parent-child.yaml")
     argv = ["simulate", scenario, "--config", str(REPO / "etc" / "qb.conf")]
     code, out, err = run(capsys, argv, env={"QBDIR": str(REPO)})
@@ -451,7 +451,7 @@ def test_simulate_shipped_scenario(capsys: pytest.CaptureFixture[str]) -> None:
 def test_simulate_run_sends_events(
     capsys: pytest.CaptureFixture[str], server: StubServer, short_tmp: Path
 ) -> None:
-    pytest.importorskip("supervisord.simulate")
+    pytest.importorskip("supervisord.core.simulate")
     scenario = short_tmp / "s.yaml"
     scenario.write_text(
         "events:\n  - {event: submit-job, job: 5}\n  - {event: failed-job, job: 6}\n"

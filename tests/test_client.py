@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import pytest
 
-from supervisord.client import (
+from supervisord.client.connection import (
     Client,
     ProtocolError,
     Unreachable,
@@ -281,7 +281,7 @@ def test_find_socket_flag_and_default() -> None:
 
 
 def test_find_socket_from_qbconf(short_tmp: Path) -> None:
-    pytest.importorskip("supervisord.load")
+    pytest.importorskip("supervisord.daemon.load")
     conf = short_tmp / "qb.conf"
     conf.write_text('supervisor_event_socket = "$QBDIR/r/cb.sock"\n')
     path, how = find_socket(None, str(conf), {"QBDIR": str(short_tmp)})

@@ -1,4 +1,4 @@
-"""glibc posix_spawn through ctypes (supervisord.cspawn): what the child gets, errors,
+"""glibc posix_spawn through ctypes (supervisord.run.cspawn): what the child gets, errors,
 and the spawn threads' cancellation contract — with real child processes."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisord import cspawn, process
+from supervisord.run import cspawn, process
 
 pytestmark = pytest.mark.skipif(not cspawn.available(), reason="libc lacks posix_spawn extras")
 

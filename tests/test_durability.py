@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisord import store
+from supervisord.journal import store
 from tests.daemon_harness import DEADLINE, Client, Daemon, event, wait_for_file
 
 # Perl is the cheapest child a callbacks.conf can name; O_APPEND keeps lines whole.

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from supervisord.errors import EventError
-from supervisord.events import Received, describe, validate_event
-from supervisord.sequencer import journal_text
-from supervisord.store import event_doc
+from supervisord.core.errors import EventError
+from supervisord.core.events import Received, describe, validate_event
+from supervisord.journal.sequencer import journal_text
+from supervisord.journal.store import event_doc
 
 NOW = 1764064000.0
 

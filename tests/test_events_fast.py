@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from supervisord.errors import EventError
-from supervisord.events import new_event, validate_event, validate_request
-from supervisord.model import Event
-from supervisord.sequencer import journal_text
-from supervisord.store import event_doc
+from supervisord.core.errors import EventError
+from supervisord.core.events import new_event, validate_event, validate_request
+from supervisord.core.model import Event
+from supervisord.journal.sequencer import journal_text
+from supervisord.journal.store import event_doc
 from tests.test_events import INVALID, JOURNAL_LINES, NOW, SURROGATES, VALID
 
 # Request lines as a client writes them: every valid and invalid document of test_events

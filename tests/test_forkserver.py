@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from supervisord.forkserver import ForkServer, SpawnRefused
-from supervisord.runenv import RUNTIME_DIR
-from supervisord.runner import Runner, RunResult
+from supervisord.core.runtypes import RunResult
+from supervisord.run.env import RUNTIME_DIR
+from supervisord.run.forkserver import ForkServer, SpawnRefused
+from supervisord.run.runner import Runner
 from tests.test_runner import make_callback, make_request, make_settings, output_lines, wait_exit
 
 

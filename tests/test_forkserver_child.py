@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from supervisord.forkserver import ForkServer, SpawnRefused
-from supervisord.runenv import RUNTIME_DIR
-from supervisord.runner import Runner
+from supervisord.run.env import RUNTIME_DIR
+from supervisord.run.forkserver import ForkServer, SpawnRefused
+from supervisord.run.runner import Runner
 from tests.test_forkserver import run_file, write_callback
 from tests.test_runner import make_settings, output_lines
 

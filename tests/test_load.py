@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisord.errors import ConfigErrors
-from supervisord.load import load_callbacks, read_qbconf
-from supervisord.model import Settings, Term
-from supervisord.qbconf import parse_qbconf
+from supervisord.core.errors import ConfigErrors
+from supervisord.core.model import Settings, Term
+from supervisord.core.qbconf import parse_qbconf
+from supervisord.daemon.load import load_callbacks, read_qbconf
 
 PY2 = "except Exception, e:"
 SPEC_CONF = """\

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from supervisord.runoutput import LogWriter
+from supervisord.run.output import LogWriter
 
 
 async def test_appends_in_order_creating_the_directory_and_flush_waits_for_them(

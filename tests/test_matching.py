@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisord.events import validate_event
-from supervisord.matching import MatchState, Table, holds, match, owner_job, state_key
-from supervisord.model import And, Callback, Expr, Or, Term
-from supervisord.triggers import parse_trigger, terms_of
+from supervisord.core.events import validate_event
+from supervisord.core.matching import MatchState, Table, holds, match, owner_job, state_key
+from supervisord.core.model import And, Callback, Expr, Or, Term
+from supervisord.core.triggers import parse_trigger, terms_of
 
 NOW = 1_764_064_000.0
 

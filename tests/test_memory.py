@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from supervisord import registry as registry_module
-from supervisord import scheduler as scheduler_module
-from supervisord.events import validate_event
-from supervisord.latches import Latches
-from supervisord.memory import release
-from supervisord.model import Callback, Event, Term
-from supervisord.registry import JobRegistry
-from supervisord.runtypes import RunRequest
-from supervisord.scheduler import Scheduler
+from supervisord.core import registry as registry_module
+from supervisord.core.events import validate_event
+from supervisord.core.latches import Latches
+from supervisord.core.model import Callback, Event, Term
+from supervisord.core.registry import JobRegistry
+from supervisord.core.runtypes import RunRequest
+from supervisord.daemon.memory import release
+from supervisord.run import scheduler as scheduler_module
+from supervisord.run.scheduler import Scheduler
 
 
 def event(name_type: str, job_id: int, time: float = 1000.0, **job: Any) -> Event:

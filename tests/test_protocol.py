@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisord.replies import encode, encode_ack, encode_acks
-from supervisord.server import WINDOW
+from supervisord.daemon.replies import encode, encode_ack, encode_acks
+from supervisord.daemon.server import WINDOW
 from tests.daemon_harness import Client, Daemon, event, wait_for_file
 
 TOUCH = "import os, pathlib\npathlib.Path(os.environ['QBDIR'], 'ran-' + os.environ['QB_EVENT_SEQ']).write_text('x')\n"  # noqa: E501

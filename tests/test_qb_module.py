@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisord.runner import RUNTIME_DIR
+from supervisord.core.runtypes import ACTION_VERBS
+from supervisord.run.env import RUNTIME_DIR
 from supervisord.runtime import qb
-from supervisord.runtypes import ACTION_VERBS
 
 ACTION_NAMES = sorted(
     f"{prefix}{verb}" for verb in ACTION_VERBS for prefix in ("", "work", "subjob")

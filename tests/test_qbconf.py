@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from supervisord.errors import ConfigErrors
-from supervisord.model import MailSettings
-from supervisord.qbconf import Line, expand, parse_qbconf, split_lines
+from supervisord.core.errors import ConfigErrors
+from supervisord.core.model import MailSettings
+from supervisord.core.qbconf import Line, expand, parse_qbconf, split_lines
 
 ENV = {"QBDIR": "/opt/qube", "HOME": "/home/qb", "SITE": "farm1"}
 PY = "/usr/bin/python3"

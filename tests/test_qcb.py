@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from supervisord.errors import ConfigErrors
-from supervisord.model import QcbCode
-from supervisord.qcb import VERBS, parse_qcb
+from supervisord.core.errors import ConfigErrors
+from supervisord.core.model import QcbCode
+from supervisord.core.qcb import VERBS, parse_qcb
 
 CODES = [
     ("unblock-self", QcbCode(1, "unblock-self", "unblock", "job", None)),

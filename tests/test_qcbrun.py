@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from supervisord.model import MailSettings, QcbCode, Settings
-from supervisord.qcb import CODES
-from supervisord.qcbrun import recipient, render, run_qcb
-from supervisord.runner import Action, Runner, RunRequest
-from supervisord.runtypes import log_path
+from supervisord.core.model import MailSettings, QcbCode, Settings
+from supervisord.core.qcb import CODES
+from supervisord.core.runtypes import Action, RunRequest, log_path
+from supervisord.run.qcb import recipient, render, run_qcb
+from supervisord.run.runner import Runner
 from tests.test_runner import make_callback, make_request, make_settings
 
 ACTION_CODES = sorted(code for code, (action, _, _) in CODES.items() if action is not None)

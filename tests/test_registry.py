@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from supervisord.events import validate_event
-from supervisord.model import Event
-from supervisord.registry import JobRegistry
+from supervisord.core.events import validate_event
+from supervisord.core.model import Event
+from supervisord.core.registry import JobRegistry
 
 
 def event(name_type: str, job_id: int, time: float = 1000.0, **job: Any) -> Event:

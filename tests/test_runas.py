@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from supervisord import process
-from supervisord.runenv import RunAs
-from supervisord.runner import Runner
+from supervisord.run import process
+from supervisord.run.env import RunAs
+from supervisord.run.runner import Runner
 from tests.test_forkserver import run_file, until, write_callback
 from tests.test_runner import make_settings, output_lines
 

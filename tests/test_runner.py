@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from supervisord import cspawn
-from supervisord.model import Callback, Settings, Term
-from supervisord.process import Poller, decode_status
-from supervisord.runner import RUNTIME_DIR, Action, Runner, RunRequest, RunResult
-from supervisord.runtypes import log_path
+from supervisord.core.model import Callback, Settings, Term
+from supervisord.core.runtypes import Action, RunRequest, RunResult, log_path
+from supervisord.run import cspawn
+from supervisord.run.env import RUNTIME_DIR
+from supervisord.run.process import Poller, decode_status
+from supervisord.run.runner import Runner
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cb"
 LANGUAGES = {".py": "python", ".pl": "perl", ".qcb": "qube"}

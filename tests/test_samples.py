@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisord.ops import Samples
+from supervisord.daemon.ops import Samples
 
 
 def test_keeps_the_last_size_values() -> None:

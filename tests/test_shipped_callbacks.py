@@ -307,7 +307,7 @@ def test_mail_templates_start_with_subject(name: str) -> None:
 
 
 def test_qbconf_parses_to_the_checkout() -> None:
-    parse_qbconf = importlib.import_module("supervisord.qbconf").parse_qbconf
+    parse_qbconf = importlib.import_module("supervisord.core.qbconf").parse_qbconf
     path = ETC_DIR / "qb.conf"
     env = {"QBDIR": str(ROOT)}
     settings = parse_qbconf(path.read_text(), str(path), env, sys.executable)
@@ -321,8 +321,8 @@ def test_qbconf_parses_to_the_checkout() -> None:
 
 
 def test_shipped_tree_loads_without_errors() -> None:
-    load = pytest.importorskip("supervisord.load")
-    parse_qbconf = importlib.import_module("supervisord.qbconf").parse_qbconf
+    load = pytest.importorskip("supervisord.daemon.load")
+    parse_qbconf = importlib.import_module("supervisord.core.qbconf").parse_qbconf
     path = ETC_DIR / "qb.conf"
     settings = parse_qbconf(path.read_text(), str(path), {"QBDIR": str(ROOT)}, sys.executable)
     loaded = load.load_callbacks(settings, daemon_uid=os.stat(CALLBACK_DIR).st_uid)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisord.errors import ConfigErrors
-from supervisord.model import QUBE_EPOCH, Callback
-from supervisord.simulate import load_scenario, simulate
-from supervisord.triggers import parse_trigger, terms_of
+from supervisord.core.errors import ConfigErrors
+from supervisord.core.model import QUBE_EPOCH, Callback
+from supervisord.core.simulate import load_scenario, simulate
+from supervisord.core.triggers import parse_trigger, terms_of
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "callback" / "scenarios"
 _CONF_LINE = re.compile(r"^#\s+(\S+\.(?:py|pl|qcb))\s*=\s*(.+?)\s*$")

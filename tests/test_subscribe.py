@@ -8,10 +8,10 @@ import asyncio
 import dataclasses
 from typing import Any, cast
 
-from supervisord.daemon import Daemon
-from supervisord.ops import Ops
-from supervisord.runtypes import Action, RunResult
-from supervisord.server import Connection, Reply
+from supervisord.core.runtypes import Action, RunResult
+from supervisord.daemon.ops import Ops
+from supervisord.daemon.server import Connection, Reply
+from supervisord.daemon.service import Daemon
 from tests.test_runner import make_callback, make_request
 
 

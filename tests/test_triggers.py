@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisord.errors import TriggerError
-from supervisord.model import EVENT_NAMES, And, Expr, Or, Term
-from supervisord.triggers import evaluate, format_trigger, parse_trigger, terms_of
+from supervisord.core.errors import TriggerError
+from supervisord.core.model import EVENT_NAMES, And, Expr, Or, Term
+from supervisord.core.triggers import evaluate, format_trigger, parse_trigger, terms_of
 
 T = Term
 

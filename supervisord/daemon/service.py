@@ -1,0 +1,325 @@
+"""The daemon: startup, main loop, shutdown, and the life of one run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supervisord import __version__
+from supervisord.core.errors import ConfigErrors
+from supervisord.core.matching import Table
+from supervisord.core.model import Event, Settings
+from supervisord.core.runtypes import RunRequest
+from supervisord.daemon.listener import allowed_uids, bind, unlink_if_ours
+from supervisord.daemon.load import Loaded, load_callbacks, read_qbconf
+from supervisord.daemon.memory import IdleRelease
+from supervisord.daemon.ops import Ops
+from supervisord.daemon.server import Connection, Reply
+from supervisord.daemon.systemd import Notifier, listen_fds, watchdog_interval
+from supervisord.journal.batch import Finished, Intake, Query, Started, Tick
+from supervisord.journal.sequencer import Sequencer
+from supervisord.run.runner import Runner
+from supervisord.run.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Owns every piece of state: table, sequencer, scheduler, runner, listeners."""
+
+    def __init__(self, qbconf: str, settings: Settings, loaded: Loaded) -> None:
+        self.qbconf = qbconf
+        self.settings = settings
+        self.table = Table(loaded.callbacks)
+        self.version = __version__
+        self.closing = False
+        self.started_at = time.time()
+        self.notifier = Notifier(os.environ)
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._congested: set[Connection] = set()
+        self._intake_pending = 0  # events handed to the sequencer, not yet answered
+        # subscribe connections: None when live, else the actions held while catching up
+        self.subscribers: dict[Connection, list[Reply] | None] = {}
+        self.tails: set[Connection] = set()
+        self.allowed, unknown = allowed_uids(settings)
+        for user in unknown:
+            log.warning("unknown user in supervisor_event_allow_users user=%s", user)
+        self.runner = Runner(settings, jobinfo=self.jobinfo)
+        self.scheduler = Scheduler(
+            settings.concurrency, settings.per_job_order, self.execute, settings.queue_limit
+        )
+        self.scheduler.on_drained = self._resume_congested
+        self.scheduler.on_idle = IdleRelease(self)  # memory back to the system after bursts
+        self.sequencer: Sequencer | None = None
+        self._clock: asyncio.TimerHandle | None = None
+        self._socket_inode: int | None = None
+        self.stats: dict[str, Any] = {"timeouts": 0}
+        self.ops = Ops(self)
+        self.status_line = self.ops.status_line
+        self.call = self.ops.call
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def main(self) -> int:
+        server = await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown(server)
+        return 0
+
+    async def startup(self) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        self.sequencer = Sequencer(self.settings, self.table, loop, self._committed)
+        recovered = await asyncio.to_thread(self.sequencer.open)
+        self.sequencer.start()
+        self.scheduler.note_seq(self.sequencer.counters["last_seq"])
+        self.scheduler.submit(recovered)
+        inherited = listen_fds(os.environ)
+        if inherited:
+            sock = inherited[0]
+            log.info("using inherited socket fd=%d", sock.fileno())
+        else:
+            sock = bind(self.settings)
+            self._socket_inode = os.stat(self.settings.event_socket).st_ino
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        for signum, handler in (
+            (signal.SIGTERM, self._stop.set),
+            (signal.SIGINT, self._stop.set),
+            (signal.SIGHUP, self._reload_requested.set),
+        ):
+            loop.add_signal_handler(signum, handler)
+        await self._warm_runner()
+        self.sequencer.submit(Tick())  # fire time triggers that passed while we were down
+        log.info(
+            "listening socket=%s callbacks=%d redelivered=%d loop=%s",
+            self.settings.event_socket, len(self.table.callbacks), len(recovered),
+            type(loop).__module__,
+        )  # fmt: skip
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
+        return server
+
+    async def _warm_runner(self) -> None:
+        """Start the Python fork server before READY, so the first events do not queue
+        behind its start-up (about 70 ms, measured by bench/b_latency.py)."""
+        if not any(cb.language == "python" for cb in self.table.callbacks):
+            return
+        try:
+            await self.runner.warm()
+        except Exception as exc:  # contained: the first Python run starts it instead
+            log.warning("fork server did not start early error=%s", exc)
+
+    async def main_loop(self) -> None:
+        interval = watchdog_interval(os.environ)
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload_requested.wait())
+            await asyncio.wait({stop, reload}, timeout=interval, return_when="FIRST_COMPLETED")
+            stop.cancel()
+            reload.cancel()
+            if self._reload_requested.is_set() and not self._stop.is_set():
+                self._reload_requested.clear()
+                await self.reload()
+            if interval is not None:
+                # Sent from the loop: a stuck loop stops the pings and systemd restarts us.
+                self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+
+    async def shutdown(self, server: asyncio.AbstractServer) -> None:
+        log.info("stopping running=%d queued=%d", self.scheduler.running, self.scheduler.queued)
+        self.closing = True
+        server.close()  # synchronous: from here on a connect is refused
+        self.notifier.notify("STOPPING=1")
+        if self._clock is not None:
+            self._clock.cancel()
+        await self.scheduler.drain()
+        await self.runner.aclose()
+        for conn in list(self.subscribers) + list(self.tails):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self.sequencer is not None:
+            await asyncio.to_thread(self.sequencer.stop, True)
+        unlink_if_ours(self.settings.event_socket, self._socket_inode)
+        self.notifier.close()
+        log.info("stopped queued_left=%d", self.scheduler.queued)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def is_allowed(self, uid: int) -> bool:
+        return uid in self.allowed
+
+    def backlog(self) -> int:
+        """Runs waiting to start plus events read but not yet committed (each may add runs)."""
+        return self.scheduler.queued + self._intake_pending
+
+    def is_congested(self) -> bool:
+        return self.backlog() >= self.scheduler.queue_limit
+
+    def watch_congestion(self, conn: Connection) -> None:
+        self._congested.add(conn)
+
+    def _resume_congested(self) -> None:
+        # Hysteresis: resume at half the limit, so intake does not flap on every run.
+        if not self._congested or self.backlog() > self.scheduler.queue_limit // 2:
+            return
+        # Take the set first: a resumed connection that meets congestion again while it
+        # catches up re-registers itself, and must stay registered to be resumed later.
+        waiting, self._congested = self._congested, set()
+        for conn in waiting:
+            conn.resume("congestion")
+
+    def forget(self, conn: Connection) -> None:
+        self._congested.discard(conn)
+        self.subscribers.pop(conn, None)
+        self.tails.discard(conn)
+
+    def submit_events(self, events: list[Event], done: Callable[[list[Reply]], None]) -> None:
+        assert self.sequencer is not None
+        self._intake_pending += len(events)
+
+        def committed(replies: list[Reply]) -> None:
+            self._intake_pending -= len(events)
+            done(replies)
+            self._resume_congested()
+
+        self.sequencer.submit(Intake(events, committed))
+
+    def _committed(self, runs: list[RunRequest], deadline: float | None) -> None:
+        """On the loop after each commit: schedule new runs, re-arm the clock timer."""
+        assert self.sequencer is not None
+        if log.isEnabledFor(logging.DEBUG):  # each run's end is logged at info: enough
+            for req in runs:
+                log.debug(
+                    "matched seq=%d event_id=%s callback=%s job=%s run_id=%d",
+                    req.seq, req.event_id, req.callback.file, req.owner, req.run_id,
+                )  # fmt: skip
+        self.scheduler.note_seq(self.sequencer.counters["last_seq"])
+        self.scheduler.submit(runs)
+        self._arm_clock(deadline)
+
+    def _arm_clock(self, deadline: float | None) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+        if deadline is None or self.closing or self.sequencer is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - time.time())
+        sequencer = self.sequencer
+        self._clock = loop.call_at(loop.time() + delay, lambda: sequencer.submit(Tick()))
+
+    async def query(self, fn: Callable[[Any, Sequencer], Any]) -> Any:
+        assert self.sequencer is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sequencer.submit(Query(fn, future))
+        return await future
+
+    # -- one run ---------------------------------------------------------------------------
+
+    async def execute(self, req: RunRequest) -> None:
+        assert self.sequencer is not None
+        sequencer = self.sequencer
+        started = time.time()
+
+        def on_start() -> None:
+            # Recorded once the process exists, not while the run waits for a spawn
+            # thread: a start record counts one attempt against the give-up policy.
+            sequencer.submit(Started(req.run_id, started))
+            if self.tails:  # the line is built only for someone to read it
+                self.ops.publish_tail({"op": "run", "state": "spawned", **self.ops.run_fields(req)})
+
+        result = await self.runner.run(req, on_start)
+        level = logging.INFO if result.outcome == "ok" else logging.WARNING
+        word = "timed out" if result.outcome == "timeout" else "exited"
+        if result.outcome == "timeout":
+            self.stats["timeouts"] += 1
+        log.log(
+            level,
+            "%s seq=%d job=%s callback=%s run_id=%d pid=%s outcome=%s status=%r duration=%.3fs",
+            word, req.seq, req.owner, req.callback.file, req.run_id, result.pid, result.outcome,
+            result.description, result.ended - result.started,
+        )  # fmt: skip
+        self.ops.record_duration(req.callback.file, result.ended - result.started, result.outcome)
+        self.sequencer.submit(Finished(req, result))
+        if result.actions:
+            self.ops.publish_actions(req, result)
+        if self.tails:
+            self.ops.publish_tail(
+                {"op": "run", "state": "exited", **self.ops.run_fields(req),
+                 "outcome": result.outcome, "description": result.description, "log": result.log}
+            )  # fmt: skip
+
+    async def jobinfo(self, by: str, value: Any) -> list[dict[str, Any]]:
+        def lookup(_db: Any, seq: Sequencer) -> list[dict[str, Any]]:
+            registry = seq.state.registry
+            if by == "-pgrp":
+                return registry.by_pgrp(int(value))
+            job = registry.get(int(value))
+            return [] if job is None else [job]
+
+        result: list[dict[str, Any]] = await self.query(lookup)
+        return result
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> Reply:
+        # One at a time: two overlapping reloads could otherwise finish in the wrong order
+        # and leave the older reading of the files in force.
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> Reply:
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            settings, loaded = await asyncio.to_thread(load_all, self.qbconf)
+        except ConfigErrors as exc:
+            errors = [str(e) for e in exc.errors]
+            log.error("reload failed errors=%d first=%r", len(errors), errors[0] if errors else "")
+            self.notifier.notify("READY=1", f"STATUS=reload failed: {len(errors)} error(s)")
+            message = f"configuration has {len(errors)} error(s); the running table is kept"
+            return {
+                "ok": False,
+                "error": {"code": "invalid_config", "message": message},
+                "errors": errors,
+            }
+        self._swap(settings, loaded)
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        return {"ok": True, "callbacks": len(loaded.callbacks)}
+
+    def _swap(self, settings: Settings, loaded: Loaded) -> None:
+        old = {cb.key: cb for cb in self.table.callbacks}
+        new = {cb.key: cb for cb in loaded.callbacks}
+        added = [new[k].file for k in new.keys() - old.keys()]
+        removed = [old[k].file for k in old.keys() - new.keys()]
+        changed = [new[k].file for k in new.keys() & old.keys() if new[k] != old[k]]
+        if settings.event_socket != self.settings.event_socket:
+            log.warning("supervisor_event_socket changed; it takes effect at the next start")
+        self.table = Table(loaded.callbacks)
+        assert self.sequencer is not None
+        self.sequencer.table = self.table  # one assignment: the next batch matches on it
+        self.settings = settings
+        self.sequencer.settings = settings
+        self.runner.update(settings)
+        self.scheduler.concurrency = settings.concurrency
+        self.scheduler.per_job_order = settings.per_job_order
+        self.scheduler.queue_limit = settings.queue_limit
+        self.allowed, _ = allowed_uids(settings)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        log.info(
+            "reloaded callbacks=%d added=%s changed=%s removed=%s",
+            len(loaded.callbacks), added, changed, removed,
+        )  # fmt: skip
+        self.sequencer.submit(Tick())
+
+
+def load_all(qbconf: str) -> tuple[Settings, Loaded]:
+    settings = read_qbconf(qbconf, os.environ, sys.executable)
+    return settings, load_callbacks(settings)

@@ -1,0 +1,70 @@
+"""What flows into the sequencer thread, and what one of its commits carries back."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from supervisord.core.model import Event
+from supervisord.core.runtypes import RunRequest, RunResult
+
+if TYPE_CHECKING:
+    from supervisord.journal.sequencer import Sequencer
+
+Reply = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Intake:
+    """Validated events from one read of one connection; `done` gets one reply each."""
+
+    events: list[Event]
+    done: Callable[[list[Reply]], None]
+
+
+@dataclass(slots=True)
+class Query:
+    """Work that reads or changes sequencer state, run in order with the writes."""
+
+    fn: Callable[[sqlite3.Connection, Sequencer], Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class Started:
+    run_id: int
+    at: float
+
+
+@dataclass(slots=True)
+class Finished:
+    req: RunRequest
+    result: RunResult
+
+
+@dataclass(slots=True)
+class Tick:
+    """Fire the time triggers now due."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one commit carries, and what the loop learns once it is durable."""
+
+    events: list[tuple[int, str, float, str]] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)  # event_id -> seq, stored or in this batch
+    runs: list[tuple[Any, ...]] = field(default_factory=list)
+    started: list[tuple[float, int]] = field(default_factory=list)
+    finished: list[tuple[Any, ...]] = field(default_factory=list)
+    actions: list[tuple[Any, ...]] = field(default_factory=list)
+    new_requests: list[RunRequest] = field(default_factory=list)
+    replies: list[tuple[Callable[[list[Reply]], None], list[Reply]]] = field(default_factory=list)
+    queries: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = field(
+        default_factory=list
+    )
+
+    def is_write(self) -> bool:
+        return bool(self.events or self.runs or self.started or self.finished)

@@ -1,0 +1,78 @@
+"""Redelivery after a restart: stored runs that never finished become run requests again."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any, Final
+
+from supervisord.core.errors import ConfigErrors, QbError
+from supervisord.core.matching import Table
+from supervisord.core.model import Callback
+from supervisord.core.runtypes import RunRequest
+from supervisord.journal import store
+
+log = logging.getLogger(__name__)
+
+# A run that was started this many times without finishing is given up: each start ended
+# in a crash of the daemon, and firing it again could be what crashes it.
+MAX_ATTEMPTS: Final = 5
+
+
+def callback_record(cb: Callback) -> dict[str, Any]:
+    """What a run row keeps of its callback, enough to run it again after a restart."""
+    return {
+        "file": cb.file, "dir": cb.dir, "line": cb.line, "language": cb.language,
+        "trigger": cb.trigger_text, "key": cb.key,
+    }  # fmt: skip
+
+
+def resolve_callback(record: dict[str, Any], table: Table) -> Callback:
+    """The table's callback for this record if unchanged, else one rebuilt from the record."""
+    for cb in table.callbacks:
+        if cb.key == record["key"] and cb.file == record["file"]:
+            return cb
+    from supervisord.core.qcb import parse_qcb
+    from supervisord.core.triggers import parse_trigger, terms_of
+
+    trigger = parse_trigger(record["trigger"])
+    qcb: tuple[Any, ...] = ()
+    if record["language"] == "qube":
+        path = f"{record['dir']}/{record['file']}"
+        with open(path, encoding="utf-8") as fh:
+            qcb = tuple(parse_qcb(fh.read(), path))
+    return Callback(
+        record["file"], record["dir"], int(record["line"]), record["language"],
+        record["trigger"], trigger, terms_of(trigger), qcb,
+    )  # fmt: skip
+
+
+def recover_runs(db: sqlite3.Connection, table: Table, clean_start: bool) -> list[RunRequest]:
+    """Unfinished runs in their original order; runs past MAX_ATTEMPTS are closed as errors."""
+    requests: list[RunRequest] = []
+    given_up: list[tuple[Any, ...]] = []
+    for row in store.unfinished_runs(db):
+        if row.attempts >= MAX_ATTEMPTS:
+            reason = f"gave up after {row.attempts} attempts, each ended by a daemon crash"
+            log.error("run given up run_id=%d seq=%d reason=%r", row.run_id, row.seq, reason)
+            given_up.append((None, None, None, None, "error", reason, 0, None, "[]", row.run_id))
+            continue
+        try:
+            cb = resolve_callback(row.cb, table)
+        except (OSError, QbError, ConfigErrors) as exc:
+            reason = f"cannot redeliver: callback {row.cb['file']} no longer loads: {exc}"
+            given_up.append((None, None, None, None, "error", reason, 0, None, "[]", row.run_id))
+            continue
+        # After a crash any unfinished run may have started: say it is a redelivery.
+        redelivered = row.attempts > 0 or not clean_start
+        requests.append(
+            RunRequest(
+                row.run_id, row.seq, row.event_id, cb, row.owner, row.event_doc, row.job,
+                redelivered=redelivered, attempt=row.attempts + 1,
+            )
+        )  # fmt: skip
+    if given_up:
+        store.mark_finished(db, given_up)
+    if requests:
+        log.info("redelivering runs count=%d clean_start=%s", len(requests), clean_start)
+    return requests
