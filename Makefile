@@ -27,6 +27,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check supervisord tests bench callback
 	$(VENV)/bin/ruff format --check supervisord tests bench callback
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(VENV)/bin/mypy --strict supervisord

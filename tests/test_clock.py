@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from supervisord.core.clock import ClockState, Schedule, due_events, next_deadline, schedule_of
+from supervisord.core.clock import ClockState, Schedule, schedule_of
 from supervisord.core.events import validate_event
 from supervisord.core.matching import MatchState, Table, match
 from supervisord.core.model import QUBE_EPOCH, Callback, Term
+from supervisord.core.timers import due_events, next_deadline
 from supervisord.core.triggers import parse_trigger, terms_of
 
 T = 800_000_000  # a Qube time; its Unix time is T + QUBE_EPOCH

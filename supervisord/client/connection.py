@@ -13,8 +13,9 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final
 
-from supervisord.core.errors import QbError
+from supervisord.core.errors import ConfigError, ConfigErrors, QbError
 from supervisord.core.model import Settings
+from supervisord.core.qbconf import parse_qbconf
 
 DEFAULT_QBDIR: Final = "/usr/local/pfx/qube"  # Qube's own install prefix (SPEC §1.1)
 ETC_QBCONF: Final = "/etc/qb.conf"  # where every Qube component looks first
@@ -179,9 +180,13 @@ def find_qbconf(
 
 def read_settings(qbconf: str, env: Mapping[str, str]) -> Settings:
     """qb.conf read as the daemon reads it; raises ConfigErrors."""
-    from supervisord.daemon.load import read_qbconf  # only the commands that need it pay for it
-
-    return read_qbconf(qbconf, env, default_python=sys.executable)
+    try:
+        with open(qbconf, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError as exc:
+        reason = f"cannot read qb.conf: {exc.strerror}"
+        raise ConfigErrors([ConfigError(qbconf, None, reason)]) from exc
+    return parse_qbconf(text, qbconf, env, default_python=sys.executable)
 
 
 def find_socket(

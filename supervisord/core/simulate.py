@@ -34,11 +34,11 @@ from typing import Any, Final
 
 import yaml
 
-from supervisord.core.clock import due_events, next_deadline
 from supervisord.core.errors import ConfigError, ConfigErrors, EventError
 from supervisord.core.events import validate_event
 from supervisord.core.matching import MatchState, Table, is_compound, match
 from supervisord.core.model import CLIENT_TYPES, EVENT_NAMES, Callback, Event, Firing
+from supervisord.core.timers import due_events, next_deadline
 
 # Where simulated time starts when the first event has no `time` (2025-11-25, arbitrary).
 SIM_START: Final = 1_764_064_000.0

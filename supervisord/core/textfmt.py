@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any, Final
@@ -143,11 +142,47 @@ def format_check(
     return "\n".join(parts)
 
 
+# Linux's signal numbers (the daemon runs only there: pidfds): the core reads no `signal`
+# module, and a history row may come from another host's journal anyway.
+_SIGNAL_NAMES: Final = [
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+]
+
+
 def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    if 1 <= number <= len(_SIGNAL_NAMES):
+        return _SIGNAL_NAMES[number - 1]
+    return f"signal {number}"
 
 
 def _exit_text(run: Mapping[str, Any]) -> str:

@@ -16,12 +16,11 @@ import gc
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from supervisord.journal.batch import Query
 
 if TYPE_CHECKING:
-    from supervisord.daemon.service import Daemon
     from supervisord.journal.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,17 @@ def release(db: sqlite3.Connection | None) -> None:
         _malloc_trim(_TRIM_PAD)
 
 
-def _release_on_sequencer(db: sqlite3.Connection, _seq: Sequencer) -> None:
+def _release_on_sequencer(db: sqlite3.Connection, _state: object) -> None:
     release(db)
+
+
+class Owner(Protocol):
+    """What the release reads of the daemon that owns it (handed in, not imported)."""
+
+    @property
+    def sequencer(self) -> Sequencer | None: ...
+    @property
+    def closing(self) -> bool: ...
 
 
 class IdleRelease:
@@ -71,7 +79,7 @@ class IdleRelease:
     drain (a `status` passes through the same queue), so what the next request sees of the
     daemon's memory is after the release."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Owner) -> None:
         self._daemon = daemon
 
     def __call__(self) -> None:

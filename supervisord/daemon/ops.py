@@ -6,7 +6,8 @@ import asyncio
 import time
 from array import array
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from supervisord.core.errors import EventError
 from supervisord.core.events import validate_event
@@ -15,9 +16,34 @@ from supervisord.daemon.server import Connection, Reply, error
 from supervisord.journal import store
 
 if TYPE_CHECKING:
+    from supervisord.core.matching import MatchState, Table
+    from supervisord.core.model import Settings
     from supervisord.core.runtypes import RunRequest, RunResult
-    from supervisord.daemon.service import Daemon
     from supervisord.journal.sequencer import Sequencer
+    from supervisord.run.runner import Runner
+    from supervisord.run.scheduler import Scheduler
+
+
+class Daemon(Protocol):
+    """What the operations read of the daemon that owns them (``service.Daemon``), handed in
+    so that this module does not import the one that builds it."""
+
+    qbconf: str
+    settings: Settings
+    table: Table
+    version: str
+    started_at: float
+    stats: dict[str, Any]
+    subscribers: dict[Connection, list[Reply] | None]
+    tails: set[Connection]
+    runner: Runner
+    scheduler: Scheduler
+    sequencer: Sequencer | None
+
+    async def query(self, fn: Callable[[Any, MatchState], Any]) -> Any: ...
+    async def reload(self) -> Reply: ...
+    def forget(self, conn: Connection) -> None: ...
+
 
 # Bytes a subscriber may leave unread before it is cut off (it can resume with `since`).
 SUBSCRIBER_BUFFER: Final = 4 << 20
@@ -99,8 +125,8 @@ class Ops:
         event = validate_event({**doc, "op": "event"}, time.time())
         table = self.d.table
 
-        def dry_run(_db: Any, seq: Sequencer) -> list[str]:
-            return [f.callback.file for f in match(table, seq.state, event, dry_run=True)]
+        def dry_run(_db: Any, state: MatchState) -> list[str]:
+            return [f.callback.file for f in match(table, state, event, dry_run=True)]
 
         return {"ok": True, "matched": await self.d.query(dry_run)}
 
@@ -122,7 +148,7 @@ class Ops:
             if value is not None and not isinstance(value, str):
                 raise EventError(name, f"expected a string, got {value!r}")
 
-        def read(db: Any, _seq: Sequencer) -> list[dict[str, Any]]:
+        def read(db: Any, _state: MatchState) -> list[dict[str, Any]]:
             return store.history(db, job, callback, outcome, max(1, min(limit, 100_000)))
 
         return {"ok": True, "runs": await self.d.query(read)}
@@ -140,7 +166,7 @@ class Ops:
         # when its run's end record commits, which may be before or after the read).
         held: list[Reply] = []
         self.d.subscribers[conn] = held
-        backlog = await self.d.query(lambda db, _s: store.actions_since(db, since))
+        backlog = await self.d.query(lambda db, _state: store.actions_since(db, since))
         # Sent after the ok reply, in order, before any live action.
         asyncio.get_running_loop().call_soon(self._catch_up, conn, backlog, held)
         return {"ok": True}
@@ -171,7 +197,7 @@ class Ops:
 
     async def _settle(self) -> None:
         """Pass through the sequencer's queue, so totals include every write queued before."""
-        await self.d.query(lambda _db, _seq: None)
+        await self.d.query(lambda _db, _state: None)
 
     # -- helpers used by the daemon -------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from supervisord import __version__
 from supervisord.core.errors import ConfigErrors
-from supervisord.core.matching import Table
+from supervisord.core.matching import MatchState, Table
 from supervisord.core.model import Event, Settings
 from supervisord.core.runtypes import RunRequest
 from supervisord.daemon.listener import allowed_uids, bind, unlink_if_ours
@@ -215,7 +215,7 @@ class Daemon:
         sequencer = self.sequencer
         self._clock = loop.call_at(loop.time() + delay, lambda: sequencer.submit(Tick()))
 
-    async def query(self, fn: Callable[[Any, Sequencer], Any]) -> Any:
+    async def query(self, fn: Callable[[Any, MatchState], Any]) -> Any:
         assert self.sequencer is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.sequencer.submit(Query(fn, future))
@@ -257,8 +257,8 @@ class Daemon:
             )  # fmt: skip
 
     async def jobinfo(self, by: str, value: Any) -> list[dict[str, Any]]:
-        def lookup(_db: Any, seq: Sequencer) -> list[dict[str, Any]]:
-            registry = seq.state.registry
+        def lookup(_db: Any, state: MatchState) -> list[dict[str, Any]]:
+            registry = state.registry
             if by == "-pgrp":
                 return registry.by_pgrp(int(value))
             job = registry.get(int(value))

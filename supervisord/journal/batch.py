@@ -6,13 +6,11 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from supervisord.core.matching import MatchState
 from supervisord.core.model import Event
 from supervisord.core.runtypes import RunRequest, RunResult
-
-if TYPE_CHECKING:
-    from supervisord.journal.sequencer import Sequencer
 
 Reply = dict[str, Any]
 
@@ -29,7 +27,7 @@ class Intake:
 class Query:
     """Work that reads or changes sequencer state, run in order with the writes."""
 
-    fn: Callable[[sqlite3.Connection, Sequencer], Any]
+    fn: Callable[[sqlite3.Connection, MatchState], Any]
     future: asyncio.Future[Any]
 
 

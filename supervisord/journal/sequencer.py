@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from supervisord.core.clock import due_events, next_deadline
 from supervisord.core.events import Received
 from supervisord.core.matching import MatchState, Table, match, owner_job
 from supervisord.core.model import Event, Firing, Settings
 from supervisord.core.runtypes import RunRequest
+from supervisord.core.timers import due_events, next_deadline
 from supervisord.journal import store
 from supervisord.journal.batch import Batch, Finished, Intake, Query, Reply, Started, Tick
 from supervisord.journal.recovery import callback_record, recover_runs
@@ -317,7 +317,7 @@ class Sequencer:
     def _query(self, item: Query, batch: Batch) -> None:
         assert self._db is not None
         try:
-            batch.queries.append((item.future, item.fn(self._db, self), None))
+            batch.queries.append((item.future, item.fn(self._db, self.state), None))
         except Exception as exc:  # contained: the reply says `internal`, the thread lives on
             log.exception("query failed")
             batch.queries.append((item.future, None, exc))
