@@ -16,18 +16,15 @@ from typing import Any, Final
 
 import pytest
 
-from supervisord.client.connection import (
-    Client,
-    ProtocolError,
-    Unreachable,
+from supervisord.cli.events import (
     event_request,
-    find_qbconf,
-    find_socket,
     parse_set,
     read_ndjson,
     send_entries,
     split_event_spec,
 )
+from supervisord.client.connection import Client, ProtocolError, Unreachable
+from supervisord.client.locate import find_qbconf, find_socket
 
 Reply = dict[str, Any] | bytes
 Answer = Callable[[dict[str, Any]], list[Reply] | None]

@@ -5,6 +5,7 @@ It may import the core only (and the standard library), so that a submission cli
 nothing of the daemon.
 """
 
-from supervisord.client.connection import Client, ProtocolError, Unreachable, find_socket
+from supervisord.client.connection import Client, ProtocolError, Unreachable
+from supervisord.client.locate import find_socket
 
 __all__ = ["Client", "ProtocolError", "Unreachable", "find_socket"]

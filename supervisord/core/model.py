@@ -196,3 +196,9 @@ class Settings:
     # which intake stops reading events (replies are delayed, nothing is dropped) until the
     # backlog is down to half.
     queue_limit: int = 20_000
+    # supervisor_event_max_connections [4096]: open client connections beyond which a new
+    # one gets one `unavailable` line and is closed (capped by what RLIMIT_NOFILE leaves).
+    event_max_connections: int = 4096
+    # supervisor_callback_background_timeout [3600]: seconds that processes a callback left
+    # running may outlive its exit before they are stopped (SPEC §4).
+    background_timeout: float = 3600.0
