@@ -272,7 +272,7 @@ async def test_environment_cwd_and_stdin(
         "QBJOBID": "1234", "QBSUBID": "2", "QB_WORK": "frame5", "QB_HOST": "node7",
         "QB_EVENT_NAME": "complete", "QB_EVENT_TYPE": "work", "QB_EVENT_SEQ": "17",
         "QB_EVENT_ID": "e-17", "QB_TRIGGER": "complete-job-self", "QB_CALLBACK": file,
-        "QB_REDELIVERED": "1",
+        "QB_REDELIVERED": "1", "QB_ATTEMPT": "1",
     }  # fmt: skip
     env = seen["env"]
     assert {k: env[k] for k in expected} == expected

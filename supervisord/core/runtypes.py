@@ -63,7 +63,9 @@ class RunRequest:
     event_doc: Mapping[str, Any]  # the event as received plus seq, event_id, time
     job_doc: Mapping[str, Any]  # the owning job
     redelivered: bool = False
-    attempt: int = 1
+    attempt: int = 1  # QB_ATTEMPT: 1, more on a retry (SPEC §7.2)
+    first_run_id: int | None = None  # the first attempt's run_id on a retry; None on it
+    replayed: bool = False  # QB_REPLAYED: a run made by `replay` (SPEC §7.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,9 @@ class RunResult:
     log: str | None
     actions: tuple[Action, ...]
     pid: int | None
+    # Processes of the callback's group still running when it exited (SPEC §4): they go
+    # on, watched, and the history row says so.
+    left_running: int = 0
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

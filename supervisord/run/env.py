@@ -79,6 +79,9 @@ def run_env(base: Mapping[str, str], req: RunRequest, qb: bool = True) -> dict[s
     env["QB_TRIGGER"] = req.callback.trigger_text
     env["QB_CALLBACK"] = req.callback.file
     env["QB_REDELIVERED"] = "1" if req.redelivered else "0"
+    env["QB_ATTEMPT"] = str(req.attempt)
+    if req.replayed:
+        env["QB_REPLAYED"] = "1"
     return env
 
 
