@@ -94,6 +94,9 @@ class ClockState:
             self._live = live
             self.drop_callbacks({k for k, _ in self._last if k not in live})
 
+    def is_dirty(self) -> bool:
+        return bool(self._dirty)
+
     def take_dirty(self) -> dict[ClockKey, float | None]:
         """Entries changed since the last call (None = deleted); resets tracking."""
         rows = {k: self._last.get(k) for k in self._dirty}

@@ -185,7 +185,10 @@ class Sequencer:
                 queries.append(item)
         if ticked:
             self._fire_clock(now, batch)
-        if batch.is_write():
+        # Arms terms seen for the first time (at start, after a reload): stored with this
+        # batch, even one with nothing else to write, so that a quiet stop forgets no time.
+        deadline = self._next_deadline(now)
+        if batch.is_write() or self.state.clock.is_dirty():
             if not (readable and self._commit(batch)):
                 self.counters = saved
                 self._fail(batch, saved["last_seq"])
@@ -193,7 +196,6 @@ class Sequencer:
             self._end_read()
         for query in queries:  # after the commit: a query sees every write queued before it
             self._query(query, batch)
-        deadline = self._next_deadline(now)
         self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
 
     def _accept_all(self, events: list[Event], batch: Batch, now: float) -> list[Reply]:
