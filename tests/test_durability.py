@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisord.journal import store
+from supervisord.journal import reads, store
 from tests.daemon_harness import DEADLINE, Client, Daemon, event, wait_for_file
 
 # Perl is the cheapest child a callbacks.conf can name; O_APPEND keeps lines whole.
@@ -167,7 +167,7 @@ def test_counters_are_recounted_from_the_newest_event(tmp_path: Path) -> None:
     store.insert_events(db, [(s, f"e{s}", 0.0, "{}") for s in (1, 2, 3, 4)])
     counters = store.read_counters(db)
     assert (counters["last_seq"], counters["events_total"], counters["runs_total"]) == (4, 7, 1)
-    assert store.prune(db, 10.0, 100) == 3
+    assert reads.prune(db, 10.0, 100) == 3
     assert store.read_counters(db)["last_seq"] == 4
     db.close()
 

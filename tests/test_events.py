@@ -9,7 +9,7 @@ import pytest
 
 from supervisord.core.errors import EventError
 from supervisord.core.events import Received, describe, validate_event
-from supervisord.journal.sequencer import journal_text
+from supervisord.journal.intake import journal_text
 from supervisord.journal.store import event_doc
 
 NOW = 1764064000.0

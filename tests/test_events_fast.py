@@ -11,7 +11,7 @@ import pytest
 from supervisord.core.errors import EventError
 from supervisord.core.events import new_event, validate_event, validate_request
 from supervisord.core.model import Event
-from supervisord.journal.sequencer import journal_text
+from supervisord.journal.intake import journal_text
 from supervisord.journal.store import event_doc
 from tests.test_events import INVALID, JOURNAL_LINES, NOW, SURROGATES, VALID
 

@@ -13,7 +13,7 @@ from supervisord.core.errors import EventError
 from supervisord.core.events import validate_event
 from supervisord.core.matching import match
 from supervisord.daemon.server import Connection, Reply, error
-from supervisord.journal import store
+from supervisord.journal import reads
 
 if TYPE_CHECKING:
     from supervisord.core.matching import MatchState, Table
@@ -149,7 +149,7 @@ class Ops:
                 raise EventError(name, f"expected a string, got {value!r}")
 
         def read(db: Any, _state: MatchState) -> list[dict[str, Any]]:
-            return store.history(db, job, callback, outcome, max(1, min(limit, 100_000)))
+            return reads.history(db, job, callback, outcome, max(1, min(limit, 100_000)))
 
         return {"ok": True, "runs": await self.d.query(read)}
 
@@ -166,7 +166,7 @@ class Ops:
         # when its run's end record commits, which may be before or after the read).
         held: list[Reply] = []
         self.d.subscribers[conn] = held
-        backlog = await self.d.query(lambda db, _state: store.actions_since(db, since))
+        backlog = await self.d.query(lambda db, _state: reads.actions_since(db, since))
         # Sent after the ok reply, in order, before any live action.
         asyncio.get_running_loop().call_soon(self._catch_up, conn, backlog, held)
         return {"ok": True}

@@ -45,7 +45,30 @@ class Finished:
 
 @dataclass(slots=True)
 class Tick:
-    """Fire the time triggers now due."""
+    """Fire the time triggers now due, and start the retries and held runs now due."""
+
+
+@dataclass(slots=True)
+class Replay:
+    """Run stored runs' callbacks again (SPEC §7.3); ``future`` gets the new run ids."""
+
+    selector: dict[str, Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class Resume:
+    """Close a callback's breaker now; ``future`` gets the state it had."""
+
+    callback: str
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class Hold:
+    """A queued run whose breaker opened before it could start: back to the journal."""
+
+    req: RunRequest
 
 
 @dataclass(slots=True)
@@ -59,10 +82,18 @@ class Batch:
     finished: list[tuple[Any, ...]] = field(default_factory=list)
     actions: list[tuple[Any, ...]] = field(default_factory=list)
     new_requests: list[RunRequest] = field(default_factory=list)
+    policy_runs: list[tuple[Any, ...]] = field(default_factory=list)  # held, retries, replays
+    moves: list[tuple[str, int]] = field(default_factory=list)  # (state, run_id)
+    breakers: dict[str, dict[str, Any]] | None = None  # not closed, when any changed
+    results: list[tuple[asyncio.Future[Any], Any]] = field(default_factory=list)  # after commit
+    touched: bool = False  # statements already run in this batch's transaction
     replies: list[tuple[Callable[[list[Reply]], None], list[Reply]]] = field(default_factory=list)
     queries: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = field(
         default_factory=list
     )
 
     def is_write(self) -> bool:
-        return bool(self.events or self.runs or self.started or self.finished)
+        return bool(
+            self.events or self.runs or self.started or self.finished or self.policy_runs
+            or self.moves or self.results or self.touched
+        )  # fmt: skip

@@ -47,6 +47,15 @@ def resolve_callback(record: dict[str, Any], table: Table) -> Callback:
     )  # fmt: skip
 
 
+def request_of(row: store.RunRow, cb: Callback, *, redelivered: bool = False) -> RunRequest:
+    """The run request of a stored run, as it was made (attempt, chain, replay)."""
+    return RunRequest(
+        row.run_id, row.seq, row.event_id, cb, row.owner, row.event_doc, row.job,
+        redelivered=redelivered, attempt=row.attempt, first_run_id=row.first_run_id,
+        replayed=row.replayed,
+    )  # fmt: skip
+
+
 def recover_runs(db: sqlite3.Connection, table: Table, clean_start: bool) -> list[RunRequest]:
     """Unfinished runs in their original order; runs past MAX_ATTEMPTS are closed as errors."""
     requests: list[RunRequest] = []
@@ -55,22 +64,17 @@ def recover_runs(db: sqlite3.Connection, table: Table, clean_start: bool) -> lis
         if row.attempts >= MAX_ATTEMPTS:
             reason = f"gave up after {row.attempts} attempts, each ended by a daemon crash"
             log.error("run given up run_id=%d seq=%d reason=%r", row.run_id, row.seq, reason)
-            given_up.append((None, None, None, None, "error", reason, 0, None, "[]", row.run_id))
+            given_up.append(store.error_row(reason, row.run_id))
             continue
         try:
             cb = resolve_callback(row.cb, table)
         except (OSError, QbError, ConfigErrors) as exc:
             reason = f"cannot redeliver: callback {row.cb['file']} no longer loads: {exc}"
-            given_up.append((None, None, None, None, "error", reason, 0, None, "[]", row.run_id))
+            given_up.append(store.error_row(reason, row.run_id))
             continue
         # After a crash any unfinished run may have started: say it is a redelivery.
         redelivered = row.attempts > 0 or not clean_start
-        requests.append(
-            RunRequest(
-                row.run_id, row.seq, row.event_id, cb, row.owner, row.event_doc, row.job,
-                redelivered=redelivered, attempt=row.attempts + 1,
-            )
-        )  # fmt: skip
+        requests.append(request_of(row, cb, redelivered=redelivered))
     if given_up:
         store.mark_finished(db, given_up)
     if requests:

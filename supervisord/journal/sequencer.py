@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import queue
 import sqlite3
@@ -12,19 +12,33 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from supervisord.core.events import Received
-from supervisord.core.matching import MatchState, Table, match, owner_job
-from supervisord.core.model import Event, Firing, Settings
+from supervisord.core.errors import ConfigErrors, QbError, StoreError
+from supervisord.core.matching import MatchState, Table
+from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
-from supervisord.core.timers import due_events, next_deadline
-from supervisord.journal import store
-from supervisord.journal.batch import Batch, Finished, Intake, Query, Reply, Started, Tick
-from supervisord.journal.recovery import callback_record, recover_runs
+from supervisord.core.timers import next_deadline
+from supervisord.journal import reads, state, store
+from supervisord.journal.batch import (
+    Batch,
+    Finished,
+    Hold,
+    Intake,
+    Query,
+    Replay,
+    Resume,
+    Started,
+    Tick,
+)
+from supervisord.journal.delivery import Book, retry_row
+from supervisord.journal.intake import Numbering
+from supervisord.journal.recovery import recover_runs, request_of, resolve_callback
 
 log = logging.getLogger(__name__)
 
 # Rows deleted per prune step: small enough that one step never stalls a commit noticeably.
 PRUNE_CHUNK: Final = 2000
+# Runs one replay request may make: `replay --dead` after a long outage stays one commit.
+REPLAY_LIMIT: Final = 100_000
 # Seconds run start/end records may wait for company before their commit (see _linger).
 RUN_RECORD_LINGER: Final = 0.02
 # Run records alone wait this long on the loop before they are handed over: every hand-over
@@ -35,19 +49,7 @@ RECORD_HANDOVER_DELAY: Final = 0.01
 HOUSEKEEPING_INTERVAL: Final = 30.0
 
 
-_string: Final = json.encoder.encode_basestring  # how store.dumps writes a str
-
-
-def journal_text(event: Event, seq: int, eid: str) -> str:
-    """The journal's copy of the event document with its seq and event_id (SPEC §4):
-    the request line plus those members when the server kept it, else the encoded doc."""
-    doc = event.doc
-    if isinstance(doc, Received):
-        return f'{doc.head},"seq":{seq},"event_id":{_string(eid)}}}'
-    return store.dumps(dict(doc, seq=seq, event_id=eid))
-
-
-class Sequencer:
+class Sequencer(Numbering):
     """Owns the journal connection and the matcher state. Only its thread touches them."""
 
     def __init__(
@@ -75,6 +77,8 @@ class Sequencer:
         self.clean_start = True
         self._id_prefix = "qb-"
         self._last_error = ""  # why the last commit failed, for the refusals it causes
+        self.book = Book()  # the delivery policy's state (SPEC §7); policy_of set by the daemon
+        self.open_breakers: dict[str, dict[str, Any]] = {}  # on the loop: breakers not closed
 
     # -- lifecycle (called from the loop thread) -------------------------------------------
 
@@ -183,12 +187,15 @@ class Sequencer:
                 ticked = True
             elif isinstance(item, Query):
                 queries.append(item)
+            else:
+                self._policy_item(item, batch, now)
         if ticked:
             self._fire_clock(now, batch)
+            self._collect_due(now, batch)
         # Arms terms seen for the first time (at start, after a reload): stored with this
         # batch, even one with nothing else to write, so that a quiet stop forgets no time.
         deadline = self._next_deadline(now)
-        if batch.is_write() or self.state.clock.is_dirty():
+        if batch.is_write() or self.state.clock.is_dirty() or self.book.is_dirty():
             if not (readable and self._commit(batch)):
                 self.counters = saved
                 self._fail(batch, saved["last_seq"])
@@ -197,78 +204,6 @@ class Sequencer:
         for query in queries:  # after the commit: a query sees every write queued before it
             self._query(query, batch)
         self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
-
-    def _accept_all(self, events: list[Event], batch: Batch, now: float) -> list[Reply]:
-        """`_accept` for each event, with the usual one inline: a new job event with an id
-        that no callback's index lists (events/s are bounded by this loop). Such an event
-        only updates the registry and gets its seq, journal row and reply."""
-        table, state, counters, ids = self.table, self.state, self.counters, batch.ids
-        state.latches.adopt(table.live_keys)  # what match() does first; the table is fixed
-        observe, candidates, rows = state.registry.observe, table.candidates, batch.events
-        inline = not log.isEnabledFor(logging.DEBUG)
-        replies: list[Reply] = []
-        for event in events:
-            eid = event.event_id
-            if (
-                not inline
-                or eid is None
-                or eid in ids
-                or event.type != "job"
-                or candidates(event.name, "job")
-            ):
-                replies.append(self._accept(event, batch, now))
-                continue
-            seq = counters["last_seq"] = counters["last_seq"] + 1
-            counters["events_total"] += 1
-            observe(event)
-            rows.append((seq, eid, now, journal_text(event, seq, eid)))
-            ids[eid] = seq
-            replies.append(
-                {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": []}
-            )
-        return replies
-
-    def _accept(self, event: Event, batch: Batch, now: float) -> Reply:
-        eid = event.event_id
-        if eid is not None:
-            seq = batch.ids.get(eid)
-            if seq is not None:
-                return {"ok": True, "seq": seq, "event_id": eid, "duplicate": True, "matched": []}
-        counters = self.counters
-        seq = counters["last_seq"] = counters["last_seq"] + 1
-        counters["events_total"] += 1
-        if eid is None:
-            eid = self._auto_id(seq)
-        firings = match(self.table, self.state, event)
-        batch.events.append((seq, eid, now, journal_text(event, seq, eid)))
-        batch.ids[eid] = seq
-        names: list[str] = []
-        if firings:
-            self._add_runs(event, seq, eid, firings, batch)
-            names = [f.callback.file for f in firings]
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "received seq=%d event_id=%s event=%s-%s job=%s matched=%s",
-                seq, eid, event.name, event.type, event.job_id, names,
-            )  # fmt: skip
-        return {"ok": True, "seq": seq, "event_id": eid, "duplicate": False, "matched": names}
-
-    def _add_runs(
-        self, event: Event, seq: int, eid: str, firings: list[Firing], batch: Batch
-    ) -> None:
-        doc = dict(event.doc, seq=seq, event_id=eid)
-        for firing in firings:
-            run_id = self.counters["last_run_id"] + 1
-            self.counters["last_run_id"] = run_id
-            job = owner_job(self.state, event, firing.owner)
-            cb = callback_record(firing.callback)
-            batch.runs.append(
-                (run_id, seq, eid, cb["file"], cb["key"], store.dumps(cb), firing.owner,
-                 store.dumps(job))
-            )  # fmt: skip
-            batch.new_requests.append(
-                RunRequest(run_id, seq, eid, firing.callback, firing.owner, doc, job)
-            )
 
     def _begin(self, items: list[Any], batch: Batch) -> bool:
         """Open the commit's transaction and look up which client event ids of the batch
@@ -296,18 +231,21 @@ class Sequencer:
             except sqlite3.Error as exc:
                 log.error("journal rollback failed error=%s", exc)
 
-    def _auto_id(self, seq: int) -> str:
-        # The journal's random prefix keeps these apart from ids clients choose; a client
-        # that copies one anyway makes its commit fail (UNIQUE) and is refused, not lost.
-        return f"{self._id_prefix}{seq}"
-
     def _finish(self, item: Finished, batch: Batch) -> None:
         r, req = item.result, item.req
         actions = [{"action": a.action, "target": a.target} for a in r.actions]
+        ending = self.book.finished(req, r)
         batch.finished.append(
             (r.started, r.ended, r.exit_code, r.signal, r.outcome, r.description,
-             int(r.truncated), r.log, store.dumps(actions), req.run_id)
+             int(r.truncated), r.log, store.dumps(actions), int(ending.dead), r.left_running,
+             req.run_id)
         )  # fmt: skip
+        if ending.retry_due is not None:
+            run_id = self.counters["last_run_id"] = self.counters["last_run_id"] + 1
+            batch.policy_runs.append(retry_row(req, run_id, ending.retry_due))
+            self.counters["runs_retried"] += 1
+        if ending.dead:
+            self.counters["runs_dead"] += 1
         for a in r.actions:
             batch.actions.append(
                 (req.run_id, req.seq, req.callback.file, req.owner, a.action, a.target)
@@ -324,18 +262,86 @@ class Sequencer:
             log.exception("query failed")
             batch.queries.append((item.future, None, exc))
 
-    def _fire_clock(self, now: float, batch: Batch) -> None:
-        events = due_events(self.table, self.state, now)
-        for event in events:
-            late = bool(event.doc.get("late"))
-            log.info(
-                "time trigger fired trigger=%s late=%s%s", event.doc.get("trigger"), late,
-                " (its time passed while the daemon was down)" if late else "",
-            )  # fmt: skip
-            self._accept(event, batch, now)
-
     def _next_deadline(self, now: float) -> float | None:
-        return next_deadline(self.table, self.state.clock, now)
+        clock = next_deadline(self.table, self.state.clock, now)
+        due = self.book.next_deadline(now)
+        return due if clock is None else clock if due is None else min(clock, due)
+
+    # -- the delivery policy (SPEC §7) -----------------------------------------------------
+
+    def _policy_item(self, item: Any, batch: Batch, now: float) -> None:
+        if isinstance(item, Hold):
+            batch.moves.append(("held", item.req.run_id))
+            self.book.note_held(item.req.callback.file)
+        elif isinstance(item, Resume):
+            batch.results.append((item.future, self.book.resume(item.callback)))
+        elif isinstance(item, Replay):
+            self._replay(item, batch)
+
+    def _transaction(self) -> bool:
+        assert self._db is not None
+        if self._db.in_transaction:
+            return True
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._journal_failed(exc, 0)
+            return False
+        return True
+
+    def _collect_due(self, now: float, batch: Batch) -> None:
+        """Due retries, breaker trials and released held runs go to the run queue."""
+        due = self.book.next_deadline(now)
+        if due is None or due > now or not self._transaction():
+            return
+        assert self._db is not None
+        batch.touched = True
+        try:
+            rows = list(self.book.collect_due(self._db, now))
+        except sqlite3.Error as exc:
+            log.error("cannot read due runs error=%s", exc)
+            return
+        for row in rows:
+            request = self._request(row, batch)
+            if request is not None:
+                batch.new_requests.append(request)
+
+    def _request(self, row: store.RunRow, batch: Batch, **change: Any) -> RunRequest | None:
+        """A stored run as a request; a callback that no longer loads ends it as an error."""
+        try:
+            cb = resolve_callback(row.cb, self.table)
+        except (OSError, QbError, ConfigErrors) as exc:
+            reason = f"cannot run: callback {row.cb['file']} no longer loads: {exc}"
+            run_id = change.get("run_id", row.run_id)
+            batch.finished.append(store.error_row(reason, run_id))
+            return None
+        request = request_of(row, cb)
+        return dataclasses.replace(request, **change) if change else request
+
+    def _replay(self, item: Replay, batch: Batch) -> None:
+        """New runs of stored runs' callbacks for their events, marked replayed (§7.3)."""
+        assert self._db is not None
+        ids = reads.replay_sources(self._db, item.selector, REPLAY_LIMIT)
+        marks = ",".join("?" * len(ids))
+        rows = store.run_rows(self._db, f"r.run_id IN ({marks}) ORDER BY r.run_id", ids)
+        made: list[int] = []
+        for row in rows:
+            run_id = self.counters["last_run_id"] = self.counters["last_run_id"] + 1
+            req = self._request(row, batch, run_id=run_id, attempt=1, first_run_id=None,
+                                replayed=True, redelivered=False)  # fmt: skip
+            held = self.book.is_held(row.cb["file"])
+            batch.policy_runs.append(
+                (run_id, row.seq, row.event_id, row.cb["file"], row.cb["key"],
+                 store.dumps(row.cb), row.owner, store.dumps(row.job),
+                 "held" if held else "pending", 1, None, None, 1)
+            )  # fmt: skip
+            made.append(run_id)
+            if held:
+                self.book.note_held(row.cb["file"])
+            elif req is not None:
+                batch.new_requests.append(req)
+        log.info("replay selector=%s runs=%s", item.selector, made)
+        batch.results.append((item.future, made))
 
     def _housekeeping(self, now: float) -> None:
         if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
@@ -344,7 +350,7 @@ class Sequencer:
         self.state.expire(now)
         assert self._db is not None
         try:
-            store.prune(self._db, now - self.settings.history_retention, PRUNE_CHUNK)
+            reads.prune(self._db, now - self.settings.history_retention, PRUNE_CHUNK)
         except sqlite3.Error as exc:
             log.warning("prune failed error=%s", exc)
 
@@ -359,8 +365,14 @@ class Sequencer:
             store.mark_started(db, batch.started)
             store.mark_finished(db, batch.finished)
             store.insert_actions(db, batch.actions)
+            store.insert_delivery_runs(db, batch.policy_runs)
+            store.set_state(db, batch.moves)
+            breakers = self.book.take_dirty()
+            if breakers:
+                state.save_breakers(db, breakers)
+                batch.breakers = self.book.snapshot()
             s = self.state
-            store.save_state(
+            state.save_state(
                 db, s.registry.take_dirty(), s.latches.take_dirty(), s.clock.take_dirty()
             )
             changed = {k: v for k, v in self.counters.items() if self._stored[k] != v}
@@ -396,17 +408,27 @@ class Sequencer:
             for done, rs in batch.replies
         ]
         batch.new_requests = []
+        failed = StoreError(message)
+        batch.queries += [(future, None, failed) for future, _ in batch.results]
+        batch.results = []
+        batch.breakers = None
         self._load_state(self._db)
 
     def _load_state(self, db: sqlite3.Connection) -> None:
         self.state = MatchState(self.settings.job_retention)
-        self.state.registry.load(store.load_jobs(db))
-        self.state.latches.load(store.load_latches(db))
-        self.state.clock.load(store.load_clock(db))
+        self.state.registry.load(state.load_jobs(db))
+        self.state.latches.load(state.load_latches(db))
+        self.state.clock.load(state.load_clock(db))
+        self.book.load(db)
 
     def _deliver(self, batch: Batch, deadline: float | None) -> None:
         """On the loop: replies go out, new runs are scheduled, queries resolve."""
+        if batch.breakers is not None:
+            self.open_breakers = batch.breakers
         self._on_commit(batch.new_requests, deadline)
+        for future, value in batch.results:
+            if not future.done():
+                future.set_result(value)
         for done, replies in batch.replies:
             done(replies)
         for future, value, exc in batch.queries:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Final
 
 from supervisord.core.errors import StoreError
 
-SCHEMA_VERSION: Final = 1
+# 2: runs gained attempt, first_run_id, due, dead, replayed, left_running; breakers.
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,7 +25,10 @@ CREATE TABLE IF NOT EXISTS runs (
     callback TEXT NOT NULL, cb_key TEXT NOT NULL, cb TEXT NOT NULL, owner INTEGER,
     job TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     started REAL, ended REAL, exit_code INTEGER, signal INTEGER, outcome TEXT,
-    description TEXT, truncated INTEGER NOT NULL DEFAULT 0, log TEXT, actions TEXT);
+    description TEXT, truncated INTEGER NOT NULL DEFAULT 0, log TEXT, actions TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1, first_run_id INTEGER, due REAL,
+    dead INTEGER NOT NULL DEFAULT 0, replayed INTEGER NOT NULL DEFAULT 0,
+    left_running INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs(run_id) WHERE state != 'finished';
 CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, run_id);
 CREATE INDEX IF NOT EXISTS runs_seq ON runs(seq);
@@ -37,12 +41,27 @@ CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS latches (
     cb_key TEXT NOT NULL, owner INTEGER, terms TEXT NOT NULL, PRIMARY KEY (cb_key, owner));
 CREATE TABLE IF NOT EXISTS clock (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS breakers (callback TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
+# Created after the columns they index exist (a journal of schema 1 gains them first).
+_INDEXES: Final = """
+CREATE INDEX IF NOT EXISTS runs_waiting ON runs(state, due) WHERE state IN ('retrying', 'held');
+CREATE INDEX IF NOT EXISTS runs_dead ON runs(callback, run_id) WHERE dead = 1;
+"""
+# Columns schema 2 added to `runs`, for journals written by schema 1.
+_RUN_COLUMNS_2: Final = (
+    "attempt INTEGER NOT NULL DEFAULT 1", "first_run_id INTEGER", "due REAL",
+    "dead INTEGER NOT NULL DEFAULT 0", "replayed INTEGER NOT NULL DEFAULT 0",
+    "left_running INTEGER NOT NULL DEFAULT 0",
+)  # fmt: skip
 
 SYNC_MODES: Final = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 # Counters kept in `meta` so the totals of `status` span the daemon's whole life.
-COUNTERS: Final = ("last_seq", "last_run_id", "events_total", "runs_total", "runs_failed")
+COUNTERS: Final = (
+    "last_seq", "last_run_id", "events_total", "runs_total", "runs_failed", "runs_retried",
+    "runs_dead",
+)  # fmt: skip
 # The counters only events change: a commit writes them only along with the others, since
 # read_counters can recount them from the events table (one page less per commit).
 EVENT_COUNTERS: Final = frozenset({"last_seq", "events_total"})
@@ -58,8 +77,11 @@ class RunRow:
     cb: dict[str, Any]
     owner: int | None
     job: dict[str, Any]
-    attempts: int
+    attempts: int  # times started (a start the daemon did not see end was cut off)
     event_doc: dict[str, Any]
+    attempt: int = 1  # the delivery attempt (SPEC §7.2), not the number of starts
+    first_run_id: int | None = None
+    replayed: bool = False
 
 
 # One encoder for every write: json.dumps with options builds a new one per call.
@@ -77,7 +99,8 @@ def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:
         db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        _migrate(db)
+        db.executescript(_INDEXES)
         # Prove the directory is writable now: a read-only state dir is a start-up error.
         db.execute("BEGIN IMMEDIATE")
         db.execute("UPDATE meta SET value = value WHERE key = 'schema'")
@@ -85,6 +108,21 @@ def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the journal in {state_dir}: {exc}") from exc
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal of an older schema up to this one; refuse one newer than it."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    version = SCHEMA_VERSION if row is None else int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the journal has schema {version}, newer than this daemon knows ({SCHEMA_VERSION})"
+        )
+    have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+    for column in _RUN_COLUMNS_2:
+        if column.split()[0] not in have:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    write_meta(db, {"schema": SCHEMA_VERSION})
 
 
 def read_counters(db: sqlite3.Connection) -> dict[str, int]:
@@ -149,11 +187,11 @@ def insert_events(db: sqlite3.Connection, rows: Sequence[tuple[int, str, float, 
             for i in range(0, whole, INSERT_CHUNK)
         ]
         db.executemany(_INSERT_EVENTS, chunks)
-    _many(db, _INSERT_EVENT, rows[whole:])
+    many(db, _INSERT_EVENT, rows[whole:])
 
 
 def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    _many(
+    many(
         db,
         "INSERT INTO runs (run_id, seq, event_id, callback, cb_key, cb, owner, job, state)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
@@ -161,8 +199,23 @@ def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None
     )
 
 
+def insert_delivery_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Runs made by the delivery policy: held, retries, replays (SPEC §7)."""
+    many(
+        db,
+        "INSERT INTO runs (run_id, seq, event_id, callback, cb_key, cb, owner, job, state,"
+        " attempt, first_run_id, due, replayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def set_state(db: sqlite3.Connection, rows: Sequence[tuple[str, int]]) -> None:
+    """``(state, run_id)``: a held or retrying run becomes pending, or a pending one held."""
+    many(db, "UPDATE runs SET state = ?, due = NULL WHERE run_id = ?", rows)
+
+
 def mark_started(db: sqlite3.Connection, rows: Sequence[tuple[float, int]]) -> None:
-    _many(
+    many(
         db,
         "UPDATE runs SET state = 'running', started = ?, attempts = attempts + 1 WHERE run_id = ?",
         rows,
@@ -170,16 +223,22 @@ def mark_started(db: sqlite3.Connection, rows: Sequence[tuple[float, int]]) -> N
 
 
 def mark_finished(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    _many(
+    many(
         db,
         "UPDATE runs SET state = 'finished', started = ?, ended = ?, exit_code = ?, signal = ?,"
-        " outcome = ?, description = ?, truncated = ?, log = ?, actions = ? WHERE run_id = ?",
+        " outcome = ?, description = ?, truncated = ?, log = ?, actions = ?, dead = ?,"
+        " left_running = ? WHERE run_id = ?",
         rows,
     )
 
 
+def error_row(reason: str, run_id: int) -> tuple[Any, ...]:
+    """A `mark_finished` row for a run that could not be started (outcome ``error``)."""
+    return (None, None, None, None, "error", reason, 0, None, "[]", 0, 0, run_id)
+
+
 def insert_actions(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    _many(
+    many(
         db,
         "INSERT INTO actions (run_id, seq, callback, job_id, action, target)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -188,15 +247,23 @@ def insert_actions(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
 
 
 def unfinished_runs(db: sqlite3.Connection) -> Iterator[RunRow]:
+    """Runs queued or running when the daemon stopped (held and retrying ones wait on)."""
+    return run_rows(db, "r.state IN ('pending', 'running') ORDER BY r.run_id", ())
+
+
+def run_rows(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Iterator[RunRow]:
+    """Stored runs with their events, as recovery, retries and replays need them."""
     cur = db.execute(
-        "SELECT r.run_id, r.seq, r.event_id, r.cb, r.owner, r.job, r.attempts, e.doc"
-        " FROM runs r LEFT JOIN events e ON e.seq = r.seq"
-        " WHERE r.state != 'finished' ORDER BY r.run_id"
+        "SELECT r.run_id, r.seq, r.event_id, r.cb, r.owner, r.job, r.attempts, e.doc,"
+        " r.attempt, r.first_run_id, r.replayed"
+        " FROM runs r LEFT JOIN events e ON e.seq = r.seq WHERE " + where,
+        args,
     )
-    for run_id, seq, event_id, cb, owner, job, attempts, doc in cur:
+    for run_id, seq, event_id, cb, owner, job, attempts, doc, attempt, first, replayed in cur:
         yield RunRow(
             run_id, seq, event_id, json.loads(cb), owner, json.loads(job), attempts,
             event_doc(doc) if doc else {"seq": seq, "event_id": event_id},
+            attempt, first, bool(replayed),
         )  # fmt: skip
 
 
@@ -207,125 +274,6 @@ def event_doc(text: str) -> dict[str, Any]:
     return doc
 
 
-def save_state(
-    db: sqlite3.Connection,
-    jobs: dict[int, dict[str, Any] | None],
-    latches: dict[tuple[str, int | None], frozenset[int] | None],
-    clock: dict[Any, Any],
-) -> None:
-    """Persist what the matcher changed in this batch (None means deleted)."""
-    if jobs:
-        _many(
-            db,
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-            [(k, dumps(v)) for k, v in jobs.items() if v is not None],
-        )
-        _many(db, "DELETE FROM jobs WHERE id = ?", [(k,) for k, v in jobs.items() if v is None])
-    if latches:
-        _many(
-            db,
-            "INSERT OR REPLACE INTO latches VALUES (?, ?, ?)",
-            [(k[0], k[1], dumps(sorted(v))) for k, v in latches.items() if v],
-        )
-        _many(
-            db,
-            "DELETE FROM latches WHERE cb_key = ? AND owner IS ?",
-            [(k[0], k[1]) for k, v in latches.items() if not v],
-        )
-    if clock:
-        _many(
-            db,
-            "INSERT OR REPLACE INTO clock VALUES (?, ?)",
-            [(dumps(k), dumps(v)) for k, v in clock.items() if v is not None],
-        )
-        _many(
-            db,
-            "DELETE FROM clock WHERE key = ?",
-            [(dumps(k),) for k, v in clock.items() if v is None],
-        )
-
-
-def _many(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def many(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     if rows:
         db.executemany(sql, rows)
-
-
-def load_jobs(db: sqlite3.Connection) -> Iterable[tuple[int, dict[str, Any]]]:
-    return [(int(i), json.loads(d)) for i, d in db.execute("SELECT id, doc FROM jobs")]
-
-
-def load_latches(db: sqlite3.Connection) -> Iterable[tuple[tuple[str, int | None], frozenset[int]]]:
-    rows = db.execute("SELECT cb_key, owner, terms FROM latches")
-    return [((k, o), frozenset(json.loads(t))) for k, o, t in rows]
-
-
-def load_clock(db: sqlite3.Connection) -> Iterable[tuple[Any, Any]]:
-    return [(_key(json.loads(k)), json.loads(v)) for k, v in db.execute("SELECT * FROM clock")]
-
-
-def _key(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def history(
-    db: sqlite3.Connection,
-    job: int | None,
-    callback: str | None,
-    outcome: str | None,
-    limit: int,
-) -> list[dict[str, Any]]:
-    where, args = [], []
-    for clause, value in (("owner = ?", job), ("callback = ?", callback), ("outcome = ?", outcome)):
-        if value is not None:
-            where.append(clause)
-            args.append(value)
-    sql = (
-        "SELECT run_id, seq, event_id, callback, owner, started, ended, exit_code, signal,"
-        " outcome, truncated, log, actions, state, attempts, description FROM runs"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY run_id DESC LIMIT ?"
-    return [_history_row(r) for r in db.execute(sql, [*args, limit])]
-
-
-def _history_row(r: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "run_id": r[0], "seq": r[1], "event_id": r[2], "callback": r[3], "job_id": r[4],
-        "started": r[5], "ended": r[6], "exit_code": r[7], "signal": r[8], "outcome": r[9],
-        "truncated": bool(r[10]), "log": r[11], "actions": json.loads(r[12]) if r[12] else [],
-        "state": r[13], "attempts": r[14], "description": r[15],
-    }  # fmt: skip
-
-
-def actions_since(db: sqlite3.Connection, since: int) -> list[dict[str, Any]]:
-    rows = db.execute(
-        "SELECT action_id, seq, callback, job_id, action, target FROM actions"
-        " WHERE seq > ? ORDER BY action_id",
-        (since,),
-    )
-    return [
-        {"op": "action", "id": a, "seq": s, "callback": c, "job_id": j, "action": v, "target": t}
-        for a, s, c, j, v, t in rows
-    ]
-
-
-def prune(db: sqlite3.Connection, before: float, chunk: int) -> int:
-    """Forget finished runs and events older than `before`, at most `chunk` rows each."""
-    n = db.execute(
-        "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs WHERE state = 'finished'"
-        " AND ended < ? ORDER BY run_id LIMIT ?)",
-        (before, chunk),
-    ).rowcount
-    n += db.execute(
-        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE received < ?"
-        " AND seq NOT IN (SELECT seq FROM runs) AND seq < (SELECT max(seq) FROM events)"
-        " ORDER BY seq LIMIT ?)",  # the newest stays: read_counters needs it
-        (before, chunk),
-    ).rowcount
-    n += db.execute(
-        "DELETE FROM actions WHERE action_id IN (SELECT action_id FROM actions"
-        " WHERE run_id NOT IN (SELECT run_id FROM runs) ORDER BY action_id LIMIT ?)",
-        (chunk,),
-    ).rowcount
-    return int(n)
