@@ -58,6 +58,17 @@ BAD = [
     ("empty quoted trigger", 'x.py = ""', "empty trigger for 'x.py'"),
     ("bad trigger", "x.py = complete-jb-self", "unknown event type 'jb' in 'complete-jb-self'"),
     ("dangling and", "x.py = complete-job-self &&", "expected a term after '&&'"),
+    (
+        "job dependency",
+        "x.py = link-complete-job-220",
+        "'link-complete-job-220' is a Qube job dependency, not a callback trigger",
+    ),
+    (
+        "job dependency list",
+        "x.py = link-complete-job-220,link-done-job-221",
+        "'link-complete-job-220,link-done-job-221' is a Qube job dependency, not a callback",
+    ),
+    ("bare job id", "x.py = 220", "'220' is a Qube job dependency, not a callback trigger"),
 ]
 
 

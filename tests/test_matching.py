@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisord.core.events import validate_event
@@ -181,6 +181,31 @@ CASES: list[Any] = [
         id="host-extra",
     ),
     pytest.param(
+        ["complete-work-ribgen-1"],
+        [
+            event("submit-job", 30, job={"label": "ribGen", "pgrp": 30}),
+            event("submit-job", 31, job={"label": "render", "pgrp": 30, "pid": 30}),
+        ],
+        [
+            (event("complete-work", 30, work="1"), [(0, 30), (0, 31)]),
+            (event("complete-work", 31, work="1"), []),
+            (event("complete-work", 32, work="1", job={"label": "RIBGEN"}), [(0, 32)]),
+        ],
+        id="qube-callbacks-page-ribGen-label-any-case",
+    ),
+    pytest.param(
+        ["Complete-Work-Self-Frame5", "done-host-self-Node7", "complete-job-RENDER"],
+        [event("submit-job", 40, job={"label": "Render"})],
+        [
+            (event("complete-work", 1, work="FRAME5"), [(0, 1)]),
+            (event("COMPLETE-work", 1, work="frame5"), [(0, 1)]),
+            (event("complete-work", 1, work="frame50"), []),
+            (event("failed-host", 1, host="NODE7"), [(1, 1)]),
+            (event("complete-JOB", 40), [(2, 40)]),
+        ],
+        id="names-types-work-hosts-labels-any-case",
+    ),
+    pytest.param(
         ["complete-job-child", "done-job-parent"],
         FAMILY,
         [
@@ -307,6 +332,35 @@ def test_reload_keeps_latches_only_of_unchanged_callbacks(
         assert [f.owner for f in got] == fires
 
 
+def test_callbacks_see_the_event_as_sent() -> None:
+    table, state = Table([callback("complete-work-ribgen-1")]), MatchState(60)
+    e = event("Complete-Work", 7, work="1", job={"label": "ribGen", "user": "Alice"})
+    [firing] = match(table, state, e)
+    assert (e.doc["name"], e.doc["type"], e.job["label"]) == ("Complete", "Work", "ribGen")
+    assert owner_job(state, e, firing.owner)["label"] == "ribGen"
+    assert firing.why == ("complete-work-ribgen-1",)  # the term as the admin wrote it
+
+
+def test_explicit_job_ids_cost_an_event_about_another_job_nothing() -> None:
+    """Issue 16 workload M: 10,000 callbacks, one on every job and 9,999 on explicit job ids:
+    an event about job 5 looks at the first only, and never asks for a label."""
+    names = ("complete", "failed", "running", "submit", "done", "killed", "blocked")
+    kinds = (("job", ""), ("work", "-*"), ("subjob", "-3"))
+    lines = ["complete-job-self"] + [
+        f"{names[i % 7]}-{kinds[i % 3][0]}-{900_000 + i}{kinds[i % 3][1]}" for i in range(9_999)
+    ]
+    table = Table([callback(t, line=n) for n, t in enumerate(lines, 1)])
+
+    def no_label() -> str | None:
+        raise AssertionError("no term watches a label: the label is never needed")
+
+    assert table.lookup("complete", "job", None, 5, no_label) == ((0, (0,)),)
+    [(i, _)] = table.lookup("complete", "job", None, 900_000, no_label)[1:]
+    assert table.callbacks[i].trigger_text == "complete-job-900000"
+    got = match(table, MatchState(60), event("complete-job", 900_000), dry_run=True)
+    assert [(f.callback.line, f.owner) for f in got] == [(1, 900_000), (2, 900_000)]
+
+
 def test_large_table_matches_only_what_can_match() -> None:
     other = [
         Term(n, t, "self", None) for n in ("submit", "running", "blocked") for t in ("job", "work")
@@ -379,3 +433,93 @@ def test_and_fires_exactly_when_every_term_was_seen(sequence: list[int]) -> None
         assert bool(fired) == (seen == {0, 1, 2})
         if fired:
             seen.clear()
+
+
+# ---- the index against a matcher that walks every term of every callback (SPEC §2)
+
+_CONTEXTS = ("self", "parent", "1", "2", "3", "Lab", "lab", "OTHER")
+_EXTRAS = {"job": (None,), "work": (None, "*", "F1", "f1", "f2"), "subjob": (None, "*", "1")}
+
+
+@st.composite
+def _terms(draw: st.DrawFn) -> Term:
+    kind = draw(st.sampled_from(sorted(_EXTRAS)))
+    name = draw(st.sampled_from(("complete", "failed", "done", "running")))
+    return Term(name, kind, draw(st.sampled_from(_CONTEXTS)), draw(st.sampled_from(_EXTRAS[kind])))
+
+
+@st.composite
+def _triggers(draw: st.DrawFn) -> Expr:
+    terms = draw(st.lists(_terms(), min_size=1, max_size=3))
+    if len(terms) == 1:
+        return terms[0]
+    return And(tuple(terms)) if draw(st.booleans()) else Or(tuple(terms))
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> Any:
+    kind = draw(st.sampled_from(("job", "work", "subjob")))
+    name = draw(st.sampled_from(("complete", "failed", "Killed", "running", "submit")))
+    job: dict[str, Any] = {}
+    for key, values in (("label", ("lab", "LAB", "other")), ("pgrp", (1, 2)), ("pid", (0, 1, 2))):
+        if draw(st.booleans()):
+            job[key] = draw(st.sampled_from(values))
+    extra = {"work": {"work": draw(st.sampled_from(("F1", "f1", "f2")))},
+             "subjob": {"subid": draw(st.integers(0, 2))}}.get(kind, {})  # fmt: skip
+    return event(f"{name}-{kind}", draw(st.integers(1, 4)), job=job, **extra)
+
+
+def _walk_all(callbacks: list[Callback], state: MatchState, latched: dict[Any, frozenset[int]],
+              e: Any, dry_run: bool) -> list[tuple[int, int, tuple[str, ...]]]:  # fmt: skip
+    """What fires, found by comparing every term with the event, folding case each time."""
+    x = e.job_id
+    subject = {**(state.registry.get(x) or {}), **e.job}
+    pgrp = subject.get("pgrp") if isinstance(subject.get("pgrp"), int) else x
+    fired = []
+    for i, cb in enumerate(callbacks):
+        touched: dict[int, set[int]] = {}
+        for p, term in enumerate(cb.terms):
+            names = ("complete", "failed", "killed") if term.name == "done" else (term.name,)
+            extra = {"work": e.work, "subjob": str(e.subid)}.get(e.type)
+            if e.name not in names or e.type != term.type:
+                continue
+            if term.extra not in (None, "*") and term.extra.casefold() != str(extra).casefold():
+                continue
+            context = str(term.context)
+            if context == "self":
+                owners = [x]
+            elif context == "parent":
+                owners = state.registry.children_of(x)
+            elif context.isdecimal():
+                owners = [x] if int(context) == x else []
+            elif str(subject.get("label")).casefold() == context.casefold():
+                owners = sorted({x, *state.registry.pgrp_ids(pgrp)})
+            else:
+                owners = []
+            for owner in owners:
+                touched.setdefault(owner, set()).add(p)
+        for owner in sorted(touched):
+            now = latched.get((i, owner), frozenset()) | touched[owner]
+            if isinstance(cb.trigger, Term) or holds(cb.trigger, now):
+                fired.append((i, owner, tuple(str(cb.terms[p]) for p in sorted(now))))
+                now = frozenset()
+            if not dry_run and not isinstance(cb.trigger, Term):
+                latched[(i, owner)] = now
+    return fired
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_triggers(), min_size=1, max_size=8), st.lists(_events(), max_size=25))
+def test_the_index_fires_what_walking_every_term_fires(
+    triggers: list[Expr], events: list[Any]
+) -> None:
+    callbacks = [callback(t, line=n) for n, t in enumerate(triggers, 1)]
+    table, state, reference = Table(callbacks), MatchState(60), MatchState(60)
+    latched: dict[Any, frozenset[int]] = {}
+    for e in events:
+        for dry_run in (True, False):
+            got = [(callbacks.index(f.callback), f.owner, f.why)
+                   for f in match(table, state, e, dry_run=dry_run)]  # fmt: skip
+            if not dry_run:
+                reference.registry.observe(e)
+            assert got == _walk_all(callbacks, reference, latched, e, dry_run)

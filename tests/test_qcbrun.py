@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from supervisord.core.model import MailSettings, QcbCode, Settings
 from supervisord.core.qcb import CODES
 from supervisord.core.runtypes import Action, RunRequest, log_path
-from supervisord.run.qcb import recipient, render, run_qcb
+from supervisord.run.qcb import recipient, render, run_qcb, template_kind
 from supervisord.run.runner import Runner
 from tests.test_runner import make_callback, make_request, make_settings
 
@@ -178,22 +178,68 @@ async def test_mail_status_with_template(tmp_path: Path, mailbox: tuple[Mailbox,
 
 
 @pytest.mark.parametrize(
-    ("code", "event", "words"),
+    ("code", "event", "subject", "words"),
     [
-        ("mail-status", {}, "Qube! job 1234 (shot010) of alice is complete."),
-        ("mail-subjob-status", {"type": "subjob", "subid": 3}, "Instance 1234.3 of Qube! job"),
-        ("mail-report-status", work_event(), "Work item: frame5 complete node7"),
+        ("mail-status", {}, "[qube] job 1234 shot010: complete",
+         "Qube! job 1234 (shot010) of alice is complete."),
+        ("mail-status", work_event(), "[qube] job 1234 shot010: work frame5 complete",
+         "Work item frame5 of Qube! job 1234 (shot010) of alice has status: complete"),
+        ("mail-status", {"type": "subjob", "subid": 3, "name": "failed"},
+         "[qube] job 1234 instance 3: failed", "Instance 1234.3 of Qube! job 1234"),
+        ("mail-subjob-status", {"type": "subjob", "subid": 3}, "[qube] job 1234 instance 3: "
+         "complete", "Instance 1234.3 of Qube! job"),
+        ("mail-report-status", work_event(), "[qube] job 1234 shot010: work frame5 complete",
+         "  host        node7"),
     ],
-    ids=["job", "subjob", "report"],
-)
+    ids=["job", "work-event-picks-work", "subjob-event-picks-subjob", "subjob", "report"],
+)  # fmt: skip
 async def test_builtin_templates(
-    tmp_path: Path, mailbox: tuple[Mailbox, int], code: str, event: dict[str, Any], words: str
-) -> None:
+    tmp_path: Path, mailbox: tuple[Mailbox, int], code: str, event: dict[str, Any],
+    subject: str, words: str,
+) -> None:  # fmt: skip
     box, port = mailbox
     result = await run_qcb(qcb_request([code], **event), mail_settings(tmp_path, port))
     assert result.outcome == "ok", result.description
     [(_, msg)] = box.received
+    assert msg["Subject"] == subject
     assert words in msg.get_payload()
+
+
+@pytest.mark.parametrize(
+    ("code", "event_type", "kind"),
+    [
+        ("mail-status", "job", "job"),
+        ("mail-status", "work", "work"),
+        ("mail-status", "Work", "work"),
+        ("mail-status", "subjob", "subjob"),
+        ("mail-status", "host", "job"),
+        ("mail-status", None, "job"),
+        ("mail-report-status", "job", "work"),
+        ("mail-subjob-status", "work", "subjob"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_template_kind(code: str, event_type: str | None, kind: str) -> None:
+    assert template_kind(code, event_type) == kind
+
+
+async def test_mail_status_on_a_frame_uses_the_work_template_file(
+    tmp_path: Path, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, port = mailbox
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "job.mail").write_text("Subject: job template\n$JOB_STATUS\n")
+    (tmp_path / "etc" / "work.mail").write_text(
+        "Subject: $JOB_ID:$WORK_NAME $WORK_STATUS\nhost=$WORK_HOST event=$EVENT_NAME\n"
+    )
+    settings = mail_settings(tmp_path, port, job_status_format="job.mail",
+                             work_status_format="work.mail")  # fmt: skip
+    req = qcb_request(["mail-status"], **{**work_event(), "name": "Failed", "work": "Frame5"})
+    result = await run_qcb(req, settings)
+    assert result.outcome == "ok", result.description
+    [(_, msg)] = box.received
+    assert msg["Subject"] == "1234:Frame5 failed"
+    assert msg.get_payload().strip() == "host=node7 event=Failed"
 
 
 async def test_refusing_server_fails_the_run(tmp_path: Path) -> None:

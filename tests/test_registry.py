@@ -39,6 +39,16 @@ def test_fields_merge_newest_wins() -> None:
     assert reg.get(2) is None and len(reg) == 1
 
 
+@pytest.mark.parametrize(
+    ("job_id", "name", "value"),
+    [(1, "label", "ribGen"), (1, "status", "running"), (1, "pgrp", None), (2, "label", None)],
+    ids=["label-as-sent", "status", "missing-field", "unknown-job"],
+)
+def test_field_reads_one_value_without_copying_the_job(job_id: int, name: str, value: Any) -> None:
+    reg = registry(event("running-job", 1, label="ribGen"))
+    assert reg.field(job_id, name) == value
+
+
 def test_get_returns_a_copy() -> None:
     reg = registry(event("submit-job", 1, tags=["x"]))
     job = reg.get(1)

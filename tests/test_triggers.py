@@ -152,6 +152,28 @@ ERRORS = [
 ]
 
 
+# Qube job dependency strings (what a job waits for at submission) are not triggers (SPEC §2).
+DEPENDENCIES = [
+    ("link-complete-job-220", "'link' is not an event name", "written complete-job-220"),
+    ("LINK-done-work-221", "'link' is not an event name", "written done-work-221"),
+    ("link-complete-job-220,link-done-job-221", "a comma list", "e.g. complete-job-220"),
+    ("link-complete-job-220, link-done-job-221", "a comma list", "e.g. complete-job-220"),
+    ("220", "a bare job id", "written complete-job-220"),
+    ("220,221", "a comma list", "e.g. complete-job-220"),
+    ("220.3", "a bare job id", "written complete-job-220"),
+    ("link-whatever", "'link' is not an event name", "e.g. complete-job-220"),
+    ("complete-job-self && link-done-job-3", "'link' is not an event name", "done-job-3"),
+]
+
+
+@pytest.mark.parametrize(("text", "why", "hint"), DEPENDENCIES, ids=[d[0] for d in DEPENDENCIES])
+def test_dependency_strings_are_not_triggers(text: str, why: str, hint: str) -> None:
+    with pytest.raises(TriggerError) as caught:
+        parse_trigger(text)
+    assert "is a Qube job dependency, not a callback trigger" in caught.value.reason
+    assert why in caught.value.reason and hint in caught.value.reason
+
+
 @pytest.mark.parametrize(("text", "reason"), ERRORS, ids=[e[0] or "<empty>" for e in ERRORS])
 def test_parse_error(text: str, reason: str) -> None:
     with pytest.raises(TriggerError) as caught:

@@ -72,12 +72,14 @@ def validate_event(doc: Mapping[str, Any], now: float, line: str | None = None) 
     op = get("op", "event")
     if op != "event":
         raise _fail("op", "'event'", op)
+    # Names and types compare case-insensitively (SPEC §2): folded here, once per event;
+    # ``doc`` keeps them as sent, for callbacks.
     name = get("name", _MISSING)
-    if not isinstance(name, str) or name not in EVENT_NAMES:
-        raise _fail("name", f"an event name ({_NAMES_TEXT})", name)
+    if not isinstance(name, str) or (name := name.lower()) not in EVENT_NAMES:
+        raise _fail("name", f"an event name ({_NAMES_TEXT})", get("name", _MISSING))
     kind = get("type", _MISSING)
-    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
-        raise _fail("type", f"an event type ({_TYPES_TEXT})", kind)
+    if not isinstance(kind, str) or (kind := kind.lower()) not in CLIENT_TYPES:
+        raise _fail("type", f"an event type ({_TYPES_TEXT})", get("type", _MISSING))
     job_id = _job_id(get("job", _MISSING))
     subid, work, host = _optional(doc, kind)
     time = get("time")

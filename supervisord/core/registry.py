@@ -138,6 +138,12 @@ class JobRegistry:
         record = self._jobs.get(job_id)
         return None if record is None else _copy(record)
 
+    def field(self, job_id: int, name: str) -> Any:
+        """One field of a known job (shared, not copied: read it, do not change it), or
+        None when the job or the field is unknown."""
+        record = self._jobs.get(job_id)
+        return None if record is None else _field(record, name)
+
     def pgrp_ids(self, pgrp: int) -> list[int]:
         """Ids of the known jobs whose ``pgrp`` is ``pgrp``, ascending."""
         return _index_get(self._by_pgrp, pgrp)

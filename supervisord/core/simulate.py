@@ -117,7 +117,7 @@ def _event_doc(spec: Any, jobs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     unknown = sorted(set(spec) - _EVENT_KEYS)
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_EVENT_KEYS))})")
-    name, _, kind = str(spec.get("event", "")).partition("-")
+    name, _, kind = str(spec.get("event", "")).lower().partition("-")
     if name not in EVENT_NAMES or kind not in CLIENT_TYPES:
         types = "|".join(CLIENT_TYPES)
         raise ValueError(f"`event` must be NAME-TYPE (TYPE {types}), got {spec.get('event')!r}")

@@ -15,6 +15,9 @@ from supervisord.core.model import EVENT_NAMES, EVENT_TYPES, And, Expr, Or, Term
 _TOKEN: Final = re.compile(r"\s*(?:(\(|\)|&&|\|\|)|((?:[^\s()&|]|&(?!&)|\|(?!\|))+))")
 _INTEGER: Final = re.compile(r"[0-9]+")
 _GLOBAL_TYPES: Final = ("globaltime", "globalrepeat")
+# One item of a Qube job dependency (what a job waits for before it starts, set at
+# submission): `link-complete-job-220`, `link-done-work-220`, or a bare job id `220`.
+_DEPENDENCY_ITEM: Final = re.compile(r"(?i:link)-\S*|[0-9]+(?:\.[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +106,49 @@ class _Parser:
 
 def parse_trigger(text: str) -> Expr:
     """Parse a trigger expression; raise TriggerError saying what is wrong and where."""
+    _refuse_dependency(text)
     return _Parser(text).parse()
+
+
+def _refuse_dependency(text: str) -> None:
+    """Raise TriggerError when ``text`` is a Qube job dependency string (SPEC §2): the
+    comma list a job waits on at submission, which sites paste here by mistake."""
+    items = [item.strip() for item in text.strip().split(",")]
+    if not all(_DEPENDENCY_ITEM.fullmatch(item) for item in items):
+        return
+    if len(items) > 1:
+        why = "a comma list of what a job waits for before it starts"
+    elif items[0][0].isdigit():
+        why = "a bare job id, which a job waits for before it starts"
+    else:
+        why = "'link' is not an event name"
+    raise TriggerError(
+        f"{text.strip()!r} is a Qube job dependency, not a callback trigger ({why});"
+        f" {_hint(items[0]) if len(items) == 1 else _HINT}"
+    )
+
+
+_HINT: Final = "a trigger names events as name-type-context, e.g. complete-job-220"
+
+
+def _hint(item: str) -> str:
+    """How to write a trigger on the event a dependency item waits for (a bare id waits
+    for its job to complete)."""
+    if item[0].isdigit():
+        return f"a callback on that event is written complete-job-{item.partition('.')[0]}"
+    suggestion = item.partition("-")[2]
+    try:
+        parse_term(suggestion)
+    except TriggerError:
+        return _HINT
+    return f"a callback on that event is written {suggestion}"
 
 
 def parse_term(text: str) -> Term:
     """Parse one event term such as ``complete-work-self-Segment:1-100``."""
     head, _, rest = text.partition("-")
+    if head.lower() == "link" or _DEPENDENCY_ITEM.fullmatch(text):
+        _refuse_dependency(text)
     if head.lower() in _GLOBAL_TYPES:
         kind = head.lower()
         _check_extra(kind, rest or None, text)

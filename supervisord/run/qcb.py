@@ -30,29 +30,51 @@ log = logging.getLogger(__name__)
 
 # Per socket operation; a mail server slower than this is as good as down.
 SMTP_TIMEOUT: Final = 30.0
+# The three templates and the qb.conf key naming each one's file (SPEC §1.1, §4).
 _TEMPLATE_KEY: Final = {
-    "mail-status": "job_status_format",
-    "mail-report-status": "work_status_format",
-    "mail-subjob-status": "subjob_status_format",
+    "job": "job_status_format",
+    "work": "work_status_format",
+    "subjob": "subjob_status_format",
 }
+# The template of each mail-* code: `mail-status` follows the event (a frame's event mails
+# about that frame, an instance's about that instance), the others name their own.
+_CODE_TEMPLATE: Final = {"mail-report-status": "work", "mail-subjob-status": "subjob"}
 _DEFAULT_TEMPLATES: Final = {
-    "mail-status": (
+    "job": (
         "Subject: [qube] job $JOB_ID ${JOB_NAME}: $JOB_STATUS\n"
         "Qube! job $JOB_ID (${JOB_NAME}) of $JOB_USER is $JOB_STATUS.\n\n"
         "Event ${EVENT_NAME}-${EVENT_TYPE} at $EVENT_TIME.\n"
     ),
-    "mail-report-status": (
-        "Subject: [qube] job $JOB_ID ${JOB_NAME}: $JOB_STATUS (report)\n"
-        "Qube! job $JOB_ID (${JOB_NAME}) of $JOB_USER is $JOB_STATUS.\n\n"
-        "Work item: ${WORK_NAME} ${WORK_STATUS} ${WORK_HOST}\n"
+    "work": (
+        "Subject: [qube] job $JOB_ID ${JOB_NAME}: work ${WORK_NAME} $WORK_STATUS\n"
+        "Work item ${WORK_NAME} of Qube! job $JOB_ID (${JOB_NAME}) of $JOB_USER"
+        " has status: $WORK_STATUS\n\n"
+        "  work item   ${WORK_NAME}\n"
+        "  status      ${WORK_STATUS}\n"
+        "  host        ${WORK_HOST}\n"
+        "  job status  ${JOB_STATUS}\n\n"
         "Event ${EVENT_NAME}-${EVENT_TYPE} at $EVENT_TIME.\n"
     ),
-    "mail-subjob-status": (
+    "subjob": (
         "Subject: [qube] job $JOB_ID instance $SUBJOB_ID: $SUBJOB_STATUS\n"
-        "Instance $JOB_ID.$SUBJOB_ID of Qube! job $JOB_ID (${JOB_NAME}) is $SUBJOB_STATUS.\n\n"
+        "Instance $JOB_ID.$SUBJOB_ID of Qube! job $JOB_ID (${JOB_NAME}) of $JOB_USER"
+        " has status: $SUBJOB_STATUS\n\n"
+        "  instance    $JOB_ID.$SUBJOB_ID\n"
+        "  status      ${SUBJOB_STATUS}\n"
+        "  host        ${HOST}\n"
+        "  job status  ${JOB_STATUS}\n\n"
         "Event ${EVENT_NAME}-${EVENT_TYPE} at $EVENT_TIME.\n"
     ),
 }
+
+
+def template_kind(code: str, event_type: object) -> str:
+    """Which template a mail-* code uses for an event of this type: "job", "work" or
+    "subjob" (SPEC §4: the event's type picks it for mail-status)."""
+    if code in _CODE_TEMPLATE:
+        return _CODE_TEMPLATE[code]
+    kind = event_type.lower() if isinstance(event_type, str) else ""
+    return kind if kind in ("work", "subjob") else "job"
 
 
 def code_action(code: QcbCode, req: RunRequest) -> Action | str:
@@ -86,22 +108,23 @@ def template_vars(req: RunRequest, logfile: str) -> dict[str, str]:
         for key, value in job.items()
         if isinstance(key, str) and not isinstance(value, Mapping | list)
     }
-    kind, name = ev.get("type"), _text(ev.get("name"))
+    # Statuses are Qube's lower-case words; EVENT_NAME and EVENT_TYPE are as sent.
+    kind, status = _text(ev.get("type")).lower(), _text(ev.get("name")).lower()
     when = ev.get("time")
     values.update(
         JOB_ID=_text(req.owner if req.owner is not None else event_job_id(ev)),
         JOB_NAME=_text(job.get("name")),
         JOB_USER=_text(job.get("user")),
         JOB_LABEL=_text(job.get("label")),
-        JOB_STATUS=_text(job.get("status") or (name if kind == "job" else "")),
+        JOB_STATUS=_text(job.get("status") or (status if kind == "job" else "")),
         SUBJOB_ID=_text(event_subid(ev)),
-        SUBJOB_STATUS=name if kind == "subjob" else "",
+        SUBJOB_STATUS=status if kind == "subjob" else "",
         WORK_NAME=_text(event_work(ev)),
-        WORK_STATUS=name if kind == "work" else "",
+        WORK_STATUS=status if kind == "work" else "",
         WORK_HOST=_text(ev.get("host")) if kind == "work" else "",
         HOST=_text(ev.get("host")),
-        EVENT_NAME=name,
-        EVENT_TYPE=_text(kind),
+        EVENT_NAME=_text(ev.get("name")),
+        EVENT_TYPE=_text(ev.get("type")),
         EVENT_SEQ=str(req.seq),
         EVENT_ID=req.event_id,
         EVENT_TIME=(
@@ -136,6 +159,7 @@ def recipient(job: Mapping[str, Any], mail: MailSettings) -> str | None:
 
 
 def template_path(kind: str, settings: Settings) -> str | None:
+    """The file of template ``kind`` ("job", "work", "subjob"), or None for the built-in."""
     name = getattr(settings.mail, _TEMPLATE_KEY[kind])
     if not name:
         return None
@@ -167,8 +191,9 @@ def deliver(mail: MailSettings, message: EmailMessage) -> None:
         smtp.send_message(message)
 
 
-def _compose(kind: str, req: RunRequest, settings: Settings, to: str) -> EmailMessage:
+def _compose(code: str, req: RunRequest, settings: Settings, to: str) -> EmailMessage:
     """Build the message (blocking: reads the template file; run it in an executor)."""
+    kind = template_kind(code, req.event_doc.get("type"))
     path = template_path(kind, settings)
     if path is None:
         template = _DEFAULT_TEMPLATES[kind]
@@ -187,7 +212,7 @@ def _compose(kind: str, req: RunRequest, settings: Settings, to: str) -> EmailMe
     return message
 
 
-async def send_mail(kind: str, req: RunRequest, settings: Settings) -> tuple[bool, str]:
+async def send_mail(code: str, req: RunRequest, settings: Settings) -> tuple[bool, str]:
     """Send a mail-* code's message; (sent, what happened in words)."""
     mail = settings.mail
     if "mail" not in settings.language_flags:
@@ -199,7 +224,7 @@ async def send_mail(kind: str, req: RunRequest, settings: Settings) -> tuple[boo
         return False, "no recipient: no job mailaddress, mail_domain or mail_administrator"
     loop = asyncio.get_running_loop()
     try:
-        message = await loop.run_in_executor(None, _compose, kind, req, settings, to)
+        message = await loop.run_in_executor(None, _compose, code, req, settings, to)
     except OSError as exc:
         return False, f"cannot read mail template: {exc}"
     try:
