@@ -221,7 +221,8 @@ def test_unreachable_nobody_listening(capsys: pytest.CaptureFixture[str], short_
     path = str(short_tmp / "dead.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(path)
-        code, _, err = run(capsys, ["emit", "complete-job", "--job", "1", "--socket", path])
+        argv = ["emit", "complete-job", "--job", "1", "--socket", path, "--deadline", "0"]
+        code, _, err = run(capsys, argv)
     assert code == 69
     assert "connection refused" in err
 
@@ -310,6 +311,9 @@ def test_commands(
     assert got == code
     for text in shown:
         assert text in out
+    if argv[0] == "emit":  # the client gives every event an id and the time it was emitted
+        sent = server.requests[0]
+        assert isinstance(sent.pop("event_id"), str) and isinstance(sent.pop("time"), float)
     assert server.requests == [request_doc]
 
 
@@ -385,6 +389,66 @@ def test_emit_stdin(
     assert shown[3] == "seq=3 event_id=e-3 matched: a.py, b.pl"
     assert shown[4].startswith("done:")
     assert server.requests[-1]["seq"] == 3  # waits for the highest seq acknowledged
+
+
+def test_emit_spools_when_the_daemon_is_down_and_flush_delivers(
+    capsys: pytest.CaptureFixture[str], short_tmp: Path
+) -> None:
+    path, spool = str(short_tmp / "d.sock"), str(short_tmp / "spool")
+    argv = ["emit", "done-job", "--job", "4", "--socket", path, "--spool", spool]
+    code, out, _ = run(capsys, [*argv, "--deadline", "0.1", "--wait"])
+    assert code == 0
+    assert out.startswith("spooled event_id=") and f"flush --spool {spool}" in out
+    code, out, err = run(capsys, ["flush", "--spool", spool, "--socket", path, "--deadline", "0"])
+    assert code == 69 and "1 left" in out and "no socket file there" in err
+    stub = StubServer(path, daemon)
+    try:
+        code, out, _ = run(capsys, ["flush", "--spool", spool, "--socket", path])
+        assert (code, out.strip()) == (0, f"{spool}: 1 delivered, 0 left")
+        code, out, _ = run(capsys, ["flush", "--spool", spool, "--socket", path, "--json"])
+        assert json.loads(out) == {"ok": True, "spool": spool, "delivered": 0, "rejected": 0,
+                                   "left": 0, "busy": False}  # fmt: skip
+    finally:
+        stub.stop()
+    assert [r["job"]["id"] for r in stub.requests] == [4]
+
+
+@pytest.mark.parametrize("spooling", ["none", "unwritable"])
+def test_emit_exits_69_when_neither_delivered_nor_spooled(
+    capsys: pytest.CaptureFixture[str], short_tmp: Path, spooling: str
+) -> None:
+    (short_tmp / "f").write_text("")
+    argv = ["emit", "done-job", "--job", "4", "--socket", str(short_tmp / "d.sock")]
+    if spooling == "unwritable":
+        argv += ["--spool", str(short_tmp / "f" / "spool")]
+    code, out, err = run(capsys, [*argv, "--deadline", "0.1"])
+    assert (code, out) == (69, "")
+    assert "1 event not delivered in 0.1 s: no socket file there" in err
+    assert ("spooling to" in err) is (spooling == "unwritable")
+
+
+def test_emit_stdin_spools_every_line_while_the_daemon_is_down(
+    capsys: pytest.CaptureFixture[str], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [
+        {"name": "submit", "type": "job", "job": {"id": n}, "event_id": f"s{n}"} for n in (1, 2)
+    ]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(json.dumps(x) + "\n" for x in lines)))
+    spool = short_tmp / "spool"
+    argv = ["emit", "-", "--socket", str(short_tmp / "d.sock"), "--spool", str(spool)]
+    code, out, _ = run(capsys, [*argv, "--deadline", "0"])
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines()] == ["event_id=s1", "event_id=s2"]
+    stored = [json.loads(x)["event_id"] for x in (spool / "spool.ndjson").read_text().splitlines()]
+    assert stored == ["s1", "s2"]
+
+
+def test_emit_help_explains_deadline_and_spool(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, ["emit", "--help"])
+    text = " ".join(out.split())
+    assert code == 0
+    assert "--deadline S" in text and "default: 60" in text
+    assert "exits 0" in text and "Exit 69 only when neither worked" in text
 
 
 def test_tail_follows_until_close(capsys: pytest.CaptureFixture[str], server: StubServer) -> None:

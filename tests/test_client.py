@@ -23,7 +23,8 @@ from supervisord.cli.events import (
     send_entries,
     split_event_spec,
 )
-from supervisord.client.connection import Client, ProtocolError, Unreachable
+from supervisord.client import Client
+from supervisord.client.connection import Connection, ProtocolError, Unreachable
 from supervisord.client.locate import find_qbconf, find_socket
 
 Reply = dict[str, Any] | bytes
@@ -89,7 +90,7 @@ def echo_server(short_tmp: Path) -> Iterator[StubServer]:
 
 
 def test_request_round_trip(echo_server: StubServer) -> None:
-    with Client(str(echo_server.server_address), timeout=10) as client:
+    with Connection(str(echo_server.server_address), timeout=10) as client:
         assert client.request({"op": "ping"}) == {"ok": True, "echo": {"op": "ping"}}
         assert client.request({"op": "status", "é": "ü"})["echo"]["é"] == "ü"
     assert echo_server.requests == [{"op": "ping"}, {"op": "status", "é": "ü"}]
@@ -98,14 +99,14 @@ def test_request_round_trip(echo_server: StubServer) -> None:
 def test_pipeline_large_batch_keeps_order(echo_server: StubServer) -> None:
     # Far more than the socket buffers hold: sending must overlap reading.
     docs = [{"op": "event", "n": n, "pad": "x" * 200} for n in range(5000)]
-    with Client(str(echo_server.server_address), timeout=30) as client:
+    with Connection(str(echo_server.server_address), timeout=30) as client:
         replies = list(client.pipeline(docs))
         assert client.request({"op": "ping"})["ok"] is True  # connection still usable
     assert [r["echo"]["n"] for r in replies] == list(range(5000))
 
 
 def test_pipeline_abandoned_midway_closes_cleanly(echo_server: StubServer) -> None:
-    client = Client(str(echo_server.server_address), timeout=30)
+    client = Connection(str(echo_server.server_address), timeout=30)
     replies = client.pipeline({"n": n, "pad": "y" * 1000} for n in range(20000))
     assert next(replies)["echo"]["n"] == 0
     replies.close()  # must not hang on a sender blocked in sendall
@@ -115,7 +116,7 @@ def test_pipeline_abandoned_midway_closes_cleanly(echo_server: StubServer) -> No
 def test_unreachable_no_file(short_tmp: Path) -> None:
     path = str(short_tmp / "missing.sock")
     with pytest.raises(Unreachable) as info:
-        Client(path, timeout=5)
+        Connection(path, timeout=5)
     assert info.value.path == path
     assert "no socket file" in info.value.reason
 
@@ -125,7 +126,7 @@ def test_unreachable_nobody_listening(short_tmp: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(path)  # the file exists, but no listen(): connect is refused
         with pytest.raises(Unreachable) as info:
-            Client(path, timeout=5)
+            Connection(path, timeout=5)
     assert "connection refused" in info.value.reason
 
 
@@ -141,7 +142,7 @@ def test_protocol_errors(short_tmp: Path, answer: Answer, match: str) -> None:
     server = stub(short_tmp / "p.sock", answer)
     try:
         with (
-            Client(str(short_tmp / "p.sock"), timeout=10) as client,
+            Connection(str(short_tmp / "p.sock"), timeout=10) as client,
             pytest.raises(ProtocolError, match=match),
         ):
             client.request({"op": "ping"})
@@ -153,26 +154,42 @@ def test_stream_reads_until_close(short_tmp: Path) -> None:
     lines: list[Reply] = [{"op": "run", "n": n} for n in range(3)]
     server = stub(short_tmp / "t.sock", lambda doc: [{"ok": True}, *lines, CLOSE])
     try:
-        with Client(str(short_tmp / "t.sock"), timeout=10) as client:
+        with Connection(str(short_tmp / "t.sock"), timeout=10) as client:
             assert client.request({"op": "tail"}) == {"ok": True}
             assert list(client.stream()) == lines
     finally:
         server.stop()
 
 
-def test_send_entries_orders_local_errors(echo_server: StubServer) -> None:
-    text = ['{"n": 1}\n', "\n", "oops\n", "[3]\n", '{"n": 5}\n', "{\n"]
-    with Client(str(echo_server.server_address), timeout=10) as client:
-        results = list(send_entries(client, read_ndjson(text)))
+def acking(doc: dict[str, Any]) -> list[Reply] | None:
+    """An event's ack as the daemon gives it: its seq is its job id."""
+    seq = doc["job"]["id"]
+    return [
+        {"ok": True, "seq": seq, "event_id": doc["event_id"], "duplicate": False, "matched": []}
+    ]
+
+
+def test_send_entries_orders_local_errors(short_tmp: Path) -> None:
+    server = stub(short_tmp / "e.sock", acking)
+    text = ['{"job": {"id": 1}}\n', "\n", "oops\n", "[3]\n", '{"job": {"id": 5}}\n', "{\n"]
+    text.append('{"op": "status"}\n')
+    try:
+        with Client(str(short_tmp / "e.sock"), env={}) as client:
+            results = list(send_entries(client, read_ndjson(text)))
+    finally:
+        server.stop()
     assert [(n, r["ok"]) for n, r in results] == [
         (1, True),
         (3, False),
         (4, False),
         (5, True),
         (6, False),
+        (7, False),
     ]
     assert results[1][1]["error"]["code"] == "bad_json"
-    assert results[3][1]["echo"] == {"n": 5}
+    assert results[3][1]["seq"] == 5
+    assert "emit sends events only" in results[5][1]["error"]["message"]
+    assert [r["job"]["id"] for r in server.requests] == [1, 5]
 
 
 @pytest.mark.parametrize(

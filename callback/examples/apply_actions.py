@@ -20,23 +20,24 @@ actions of one event, and nothing is applied twice.
     python3 apply_actions.py --socket /run/qbcallbacks/callbacks.sock
     python3 apply_actions.py --config /etc/qb.conf --print     # never apply
 
-Standard library only; run it as a user that may connect to the socket
-(supervisor_event_allow_users) and that Qube lets act on the jobs.
+It talks to the daemon through the qbcallbacks client API (``from supervisord.client
+import Client``, standard library only), which finds the socket as ``qbsupervisor`` does.
+Run it as a user that may connect to the socket (supervisor_event_allow_users) and that
+Qube lets act on the jobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
-import re
-import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from supervisord.client import Client
+from supervisord.core.errors import QbError
 
 # Job verbs -> Qube API function; a verb missing here has no Qube API equivalent.
 JOB_API = {
@@ -64,7 +65,6 @@ WORK_API = {
 }
 # Reconnect backoff: first wait, doubled per failure up to the cap.
 RETRY_CAP_S = 30.0
-VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
 def plan(action: str, target: str) -> tuple[str, Any] | None:
@@ -87,53 +87,11 @@ def qube_api() -> Any | None:
     return module if hasattr(module, "ping") and hasattr(module, "submit") else None
 
 
-def qbconf_socket(path: str) -> str | None:
-    """supervisor_event_socket from a qb.conf, $QBDIR-expanded; None if unset or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as conf:
-            lines = conf.read().splitlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and key.strip().lower() == "supervisor_event_socket":
-            found = value.strip()
-            if len(found) >= 2 and found[0] == found[-1] == '"':
-                found = found[1:-1]
-    return expand(found) if found else None
-
-
-def expand(path: str) -> str:
-    """$VAR and ${VAR} from the environment (QBDIR defaults to Qube's); unknown ones kept."""
-    env = {"QBDIR": "/usr/local/pfx/qube", **os.environ}
-    return VARIABLE.sub(lambda m: env.get(m[1] or m[2], m[0]), path)
-
-
-def find_socket(args: argparse.Namespace) -> str:
-    """--socket, else the qb.conf of --config / $QB_CONF / /etc/qb.conf, else the default."""
-    if args.socket:
-        return str(args.socket)
-    for conf in (args.config, os.environ.get("QB_CONF"), "/etc/qb.conf"):
-        found = qbconf_socket(conf) if conf else None
-        if found:
-            return found
-    return expand("$QBDIR/run/callbacks.sock")
-
-
-def subscribe(path: str, since: int) -> Iterator[dict[str, Any]]:
-    """Connect, subscribe from `since`, and yield action documents until the connection ends."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
-        sock.sendall(json.dumps({"op": "subscribe", "since": since}).encode() + b"\n")
-        with sock.makefile("r", encoding="utf-8") as lines:
-            reply = json.loads(lines.readline() or "null")
-            if not isinstance(reply, dict) or not reply.get("ok"):
-                raise RuntimeError(f"subscribe refused: {reply}")
-            for line in lines:
-                doc = json.loads(line)
-                if isinstance(doc, dict) and doc.get("op") == "action":
-                    yield doc
+def subscribe(client: Client, since: int) -> Iterator[dict[str, Any]]:
+    """Subscribe from `since` and yield action documents until the connection ends."""
+    for doc in client.subscribe(since):
+        if doc.get("op") == "action":
+            yield doc
 
 
 def handle(doc: dict[str, Any], api: Any | None, out: Callable[[str], None]) -> None:
@@ -159,16 +117,16 @@ def _action_key(doc: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(doc.get(k) for k in ("seq", "callback", "job_id", "action", "target"))
 
 
-def run(args: argparse.Namespace, api: Any | None) -> int:
+def run(args: argparse.Namespace, client: Client, api: Any | None) -> int:
     """Subscribe forever (or once), reconnecting from the last seq seen."""
-    path, since, delay = find_socket(args), args.since, args.retry_delay
+    path, since, delay = client.socket_path, args.since, args.retry_delay
     # The actions of seq `since` handled so far: on a reconnect the daemon sends that
     # seq's actions again (a drop may have come between two of them), these are skipped.
     seen: Counter[tuple[Any, ...]] = Counter()
     while True:
         replayed = Counter(seen)
         try:
-            for doc in subscribe(path, since - 1 if seen else since):
+            for doc in subscribe(client, since - 1 if seen else since):
                 key = _action_key(doc)
                 if doc.get("seq") == since and replayed[key]:
                     replayed[key] -= 1
@@ -179,7 +137,7 @@ def run(args: argparse.Namespace, api: Any | None) -> int:
                 handle(doc, api, lambda text: print(text, flush=True))
                 delay = args.retry_delay
             print(f"connection to {path} closed (last seq {since})", flush=True)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, QbError) as exc:
             print(f"cannot subscribe at {path}: {exc}", file=sys.stderr, flush=True)
             if args.once:
                 return 1
@@ -204,9 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.apply and api is None:
         print("--apply: Qube's Python API (import qb) is not available", file=sys.stderr)
         return 2
-    print(f"{'applying' if api else 'printing'} actions from {find_socket(args)}", flush=True)
     try:
-        return run(args, api)
+        client = Client(args.socket, args.config)
+    except QbError as exc:  # an unreadable or invalid qb.conf
+        print(f"cannot find the daemon's socket: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'applying' if api else 'printing'} actions from {client.socket_path}", flush=True)
+    try:
+        return run(args, client, api)
     except KeyboardInterrupt:
         return 0
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
 from supervisord.cli.events import event_request
-from supervisord.client.connection import Client, Unreachable
+from supervisord.client.connection import Connection, Unreachable
 from supervisord.client.locate import find_qbconf, find_socket
 from supervisord.core import textfmt
 
@@ -46,10 +46,10 @@ def say(text: str, stream: TextIO | None = None) -> None:
     print(text, file=stream or sys.stdout, flush=True)
 
 
-def connect(args: argparse.Namespace, env: Mapping[str, str]) -> Client:
+def connect(args: argparse.Namespace, env: Mapping[str, str]) -> Connection:
     path, how = find_socket(args.socket, find_qbconf(args.config, env), env)
     try:
-        return Client(path, args.timeout)
+        return Connection(path, args.timeout)
     except Unreachable as exc:
         raise Unreachable(path, f"{exc.reason}; socket path {how}") from exc
 
@@ -77,7 +77,7 @@ def simple(op: str, render: Render, fields: Sequence[str] = ()) -> Handler:
     return handler
 
 
-def wait_for(args: argparse.Namespace, client: Client, seq: int) -> int:
+def wait_for(args: argparse.Namespace, client: Connection, seq: int) -> int:
     timeout = float(args.wait_timeout)
     client.settimeout(timeout + (args.timeout or DEFAULT_TIMEOUT))  # the reply may take that long
     reply = client.request({"op": "wait", "seq": seq, "timeout": timeout})

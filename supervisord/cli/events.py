@@ -1,4 +1,4 @@
-"""Events from command-line pieces and NDJSON streams, pipelined on one connection."""
+"""Events from command-line pieces and NDJSON streams, sent through one Client."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import queue
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any
 
-from supervisord.client.connection import Client
+from supervisord.client import Client, Rejected
 
 
 def split_event_spec(spec: str) -> tuple[str, str]:
@@ -60,21 +60,25 @@ def read_ndjson(lines: Iterable[str]) -> Iterator[Entry]:
 
 
 def send_entries(client: Client, entries: Iterable[Entry]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Pipeline the sendable entries; yield ``(number, reply)`` for every entry, in order.
+    """Send the sendable entries through ``client`` (pipelined, resent, spooled as it
+    does); yield ``(number, reply)`` for every entry, in order: the daemon's reply, or
+    the ack's or refusal's reply form (``spooled: true`` for a spooled event).
 
     An entry that cannot be sent gets a local ``bad_json`` reply in its place.
     """
     order: queue.SimpleQueue[Entry] = queue.SimpleQueue()
 
     def docs() -> Iterator[dict[str, Any]]:
-        for entry in entries:
-            order.put(entry)  # before it is sent, so it is queued when its reply arrives
-            if isinstance(entry[1], dict):
-                yield entry[1]
+        for number, doc in entries:
+            if isinstance(doc, dict) and doc.get("op", "event") != "event":
+                doc = f"not an event (op {doc.get('op')!r}): emit sends events only"
+            order.put((number, doc))  # before it is sent, so it is queued when its reply arrives
+            if isinstance(doc, dict):
+                yield doc
 
-    for reply in client.pipeline(docs()):
+    for outcome in client.emit_each(docs()):
         number = yield from _until_sendable(order)
-        yield number, reply
+        yield number, outcome.reply if isinstance(outcome, Rejected) else outcome.as_reply()
     yield from _until_sendable(order)
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from supervisord.cli import emit
+from supervisord.cli import emit, policy
 from supervisord.cli.common import (
     COMMON,
     EX_CONFIG,
@@ -29,11 +29,11 @@ from supervisord.cli.common import (
 from supervisord.cli.emit import send_stream
 from supervisord.client.connection import ProtocolError, Unreachable
 from supervisord.client.locate import ETC_QBCONF, find_qbconf, read_settings
-from supervisord.core import textfmt
+from supervisord.core import statusfmt, textfmt
 from supervisord.core.errors import ConfigErrors, QbError
 from supervisord.core.model import Settings
 
-_HISTORY_FIELDS: Final = ("job", "callback", "outcome", "limit")
+_HISTORY_FIELDS: Final = ("job", "callback", "outcome", "limit", "dead")
 
 
 def cmd_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -120,24 +120,36 @@ def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EX_OK
 
 
-_OPTIONS: Final[dict[str, tuple[Option, ...]]] = emit.OPTIONS | {
-    "serve": (
-        (("--loop",), {"choices": ("auto", "asyncio", "uvloop"), "default": "auto"}),
-        (("--log-level",), {"choices": ("debug", "info", "warning", "error")}),
-        (("--log-format",), {"choices": ("text", "json"), "default": "text"}),
-    ),
-    "history": (
-        (("--job",), {"type": int, "metavar": "ID"}),
-        (("--callback",), {"metavar": "F"}),
-        (("--outcome",), {"choices": ("ok", "failed", "timeout", "error")}),
-        (("--limit",), {"type": int, "metavar": "N"}),
-    ),
-    "simulate": (
-        (("scenario",), {"metavar": "SCENARIO.yaml"}),
-        (("--run",), {"action": "store_true", "help": "send the events to the live daemon"}),
-        *WAIT,
-    ),
-}
+_OPTIONS: Final[dict[str, tuple[Option, ...]]] = (
+    emit.OPTIONS
+    | policy.OPTIONS
+    | {
+        "serve": (
+            (("--loop",), {"choices": ("auto", "asyncio", "uvloop"), "default": "auto"}),
+            (("--log-level",), {"choices": ("debug", "info", "warning", "error")}),
+            (("--log-format",), {"choices": ("text", "json"), "default": "text"}),
+        ),
+        "history": (
+            (("--job",), {"type": int, "metavar": "ID"}),
+            (("--callback",), {"metavar": "F"}),
+            (("--outcome",), {"choices": ("ok", "failed", "timeout", "error")}),
+            (("--limit",), {"type": int, "metavar": "N"}),
+            (
+                ("--dead",),
+                {
+                    "action": "store_const",
+                    "const": True,
+                    "help": "only runs dead after their last attempt",
+                },
+            ),
+        ),
+        "simulate": (
+            (("scenario",), {"metavar": "SCENARIO.yaml"}),
+            (("--run",), {"action": "store_true", "help": "send the events to the live daemon"}),
+            *WAIT,
+        ),
+    }
+)
 
 
 def _history(reply: dict[str, Any]) -> str:
@@ -151,7 +163,7 @@ def _callbacks(reply: dict[str, Any]) -> str:
 _COMMANDS: Final[tuple[tuple[str, str, Handler], ...]] = (
     ("serve", "run the daemon in the foreground", cmd_serve),
     ("check", "validate qb.conf and every callbacks.conf", cmd_check),
-    ("status", "daemon status", simple("status", textfmt.format_status)),
+    ("status", "daemon status", simple("status", statusfmt.format_status)),
     ("callbacks", "the loaded callback table", simple("callbacks", _callbacks)),
     ("history", "callback runs, newest first", simple("history", _history, _HISTORY_FIELDS)),
     (
@@ -167,6 +179,7 @@ _COMMANDS: Final[tuple[tuple[str, str, Handler], ...]] = (
     ),
     ("tail", "follow callback runs as they start and end", cmd_tail),
     *emit.COMMANDS,
+    *policy.COMMANDS,
 )
 
 

@@ -42,8 +42,12 @@ def _encode(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
-class Client:
-    """One connection to the daemon; requests may be sent one by one or pipelined."""
+class Connection:
+    """One connection to the daemon; requests may be sent one by one or pipelined.
+
+    The low-level building block of :class:`supervisord.client.Client` and the command line:
+    no retries, no event ids. Most programs want ``Client``.
+    """
 
     def __init__(self, path: str, timeout: float | None) -> None:
         self.path = path
@@ -57,7 +61,7 @@ class Client:
             raise Unreachable(path, reason) from exc
         self._rfile = self._sock.makefile("rb")
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(

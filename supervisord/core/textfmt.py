@@ -209,9 +209,13 @@ def _duration_text(run: Mapping[str, Any]) -> str:
 
 
 def history_row(run: Mapping[str, Any], tz: tzinfo | None = None) -> list[str]:
-    outcome = str(run.get("outcome") or "running")
+    outcome = str(run.get("outcome") or run.get("state") or "running")
     if run.get("truncated"):
         outcome += "+cut"
+    if isinstance(run.get("attempt"), int) and run["attempt"] > 1:
+        outcome += f" #{run['attempt']}"  # the delivery attempt (SPEC §7.2)
+    if run.get("dead"):
+        outcome += " dead"
     return [
         str(run.get("run_id")),
         str(run.get("seq")),
