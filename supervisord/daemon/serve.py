@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, Final
 
 from supervisord.core.errors import ConfigError, ConfigErrors, StoreError
+from supervisord.daemon.limits import raise_nofile
 from supervisord.daemon.logsetup import setup_logging
 from supervisord.daemon.service import Daemon, load_all
 
@@ -41,6 +42,7 @@ def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
     # spawn rate by half in bench/b_e2e.py. 1 ms keeps the loop thread responsive.
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(*GC_THRESHOLD)
+    raise_nofile()  # before the fork server and the journal start
     for warning in loaded.warnings:
         log.warning("%s", warning)
     daemon = Daemon(os.path.abspath(qbconf_path), settings, loaded)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import json.scanner
 import logging
 import socket
 import struct
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
@@ -16,40 +13,18 @@ from typing import Any, Final, Protocol, cast
 from supervisord.core.errors import EventError
 from supervisord.core.events import validate_event, validate_request
 from supervisord.core.model import Event
+from supervisord.daemon.lines import MAX_LINE, Batch, LineReader
 from supervisord.daemon.replies import Reply, encode, encode_acks, error
 
 __all__ = ["MAX_LINE", "WINDOW", "Backend", "Connection", "Reply", "Slot", "error"]
 
 log = logging.getLogger(__name__)
 
-# SPEC §3: a request line is at most 1 MiB.
-MAX_LINE: Final = 1 << 20
 # Events one connection may have read and not yet had answered before it stops reading.
 # A pipelining client otherwise runs far ahead of the journal, and every event in flight is
 # an object the garbage collector walks again and again (it cost more than parsing did);
 # a few reads' worth keeps the journal thread's batches large.
 WINDOW: Final = 2048
-# The C scanner json.loads runs after its decoding and blank skipping: one value from an index.
-_scan_once: Final = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
-_BLANKS: Final = " \t\r"  # JSON's blanks besides the newline that ends a line
-_EMPTY: Final = "empty request line: expected one JSON object"
-
-
-class _Batch:
-    """The events of consecutive request lines of one read, submitted together."""
-
-    __slots__ = ("conn", "events", "now", "now_text")
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.events: list[Event] = []
-        self.now = time.time()  # SPEC §3.1: `time` defaults to the time of intake
-        self.now_text = repr(self.now)  # as json writes a finite float
-
-    def flush(self) -> None:
-        if self.events:
-            self.conn._submit(self.events)
-            self.events = []
 
 
 class Backend(Protocol):
@@ -62,7 +37,7 @@ class Backend(Protocol):
     def watch_congestion(self, conn: Connection) -> None: ...
     def submit_events(self, events: list[Event], done: Callable[[list[Reply]], None]) -> None: ...
     def call(self, op: str, doc: dict[str, Any], conn: Connection) -> Awaitable[Reply]: ...
-    def forget(self, conn: Connection) -> None: ...
+    def disconnected(self, conn: Connection) -> None: ...
 
 
 class Slot:
@@ -74,14 +49,13 @@ class Slot:
         self.data = data
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: splits lines, dispatches, writes replies strictly in order."""
+class Connection(LineReader, asyncio.Protocol):
+    """One client connection: dispatches its lines, writes replies strictly in order."""
 
     def __init__(self, backend: Backend) -> None:
+        super().__init__()
         self.backend = backend
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._discarding = False
         self._slots: deque[Slot] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused_by: set[str] = set()
@@ -109,7 +83,7 @@ class Connection(asyncio.Protocol):
         self.transport = None
         for task in self._tasks:
             task.cancel()
-        self.backend.forget(self)
+        self.backend.disconnected(self)
 
     def pause_writing(self) -> None:
         self.pause("writing")
@@ -131,78 +105,7 @@ class Connection(asyncio.Protocol):
         them; requests before it are still answered."""
         if "congestion" in self._paused_by:
             return
-        buf = self._buf
-        if self._discarding:  # the rest of a line already answered with too_large
-            end = buf.find(b"\n")
-            if end < 0:
-                buf.clear()
-                return
-            del buf[: end + 1]
-            self._discarding = False
-        complete = buf.rfind(b"\n") + 1
-        used = self._handle_lines(bytes(buf[:complete])) if complete else 0
-        del buf[:used]
-        if used == complete and len(buf) > MAX_LINE:
-            self._discarding = True
-            buf.clear()
-            self._push(error("too_large", f"request line longer than {MAX_LINE} bytes"))
-
-    def _handle_lines(self, data: bytes) -> int:
-        """Answer or queue the lines of ``data`` (each ends with a newline); the bytes used,
-        fewer than all when congestion stops intake at an event line.
-
-        Decoded once and parsed in place (one scanner call per line, no copies): a line
-        that is not simply an object alone on its line is left to `_handle_line`, which
-        answers as json.loads would."""
-        try:
-            text = data.decode("utf-8", "surrogatepass")  # what json.loads picks for "{"
-        except UnicodeDecodeError:
-            return self._handle_raw(data)
-        batch = _Batch(self)
-        scan, find, size = _scan_once, text.find, len(text)
-        now, now_text = batch.now, batch.now_text
-        pos = 0
-        while pos < size:
-            nl = find("\n", pos)
-            doc: Any = None
-            if text[pos] == "{":
-                try:
-                    doc, end = scan(text, pos)
-                except (StopIteration, ValueError, RecursionError):
-                    doc = None
-                else:
-                    if end > nl or (end != nl and text[end:nl].strip(_BLANKS)):
-                        doc = None  # an object across lines, or extra data
-            if doc is None:
-                ok = self._handle_line(text[pos:nl].encode("utf-8", "surrogatepass"), batch)
-            elif batch.events and type(doc) is dict and doc.get("op", "event") == "event":
-                # The usual line, inline: an event joining a batch already let through
-                # (not closing, not congested: neither changes within one read).
-                try:
-                    batch.events.append(validate_request(doc, text[pos : end - 1], now, now_text))
-                except EventError as exc:
-                    self._refuse(batch, error("invalid_event", str(exc), field=exc.field))
-                ok = True
-            else:
-                ok = self._handle_doc(doc, text, pos, end, batch)
-            if not ok:
-                batch.flush()
-                return len(text[:pos].encode("utf-8", "surrogatepass"))
-            pos = nl + 1
-        batch.flush()
-        return len(data)
-
-    def _handle_raw(self, data: bytes) -> int:
-        """`_handle_lines` for data that is not UTF-8 throughout: line by line."""
-        batch = _Batch(self)
-        start = 0
-        while start < len(data):
-            end = data.index(b"\n", start)
-            if not self._handle_line(data[start:end], batch):
-                break
-            start = end + 1
-        batch.flush()
-        return start
+        self._read_lines()
 
     def _is_congested(self) -> bool:
         if not self.backend.is_congested():
@@ -232,32 +135,7 @@ class Connection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _handle_line(self, line: bytes, batch: _Batch) -> bool:
-        """Answer or queue one request line; False when it must wait (congestion)."""
-        if line[:1] != b"{" and not line.strip():
-            return self._refuse(batch, error("bad_json", _EMPTY))
-        try:
-            doc = json.loads(line)
-        except (UnicodeDecodeError, ValueError) as exc:
-            return self._refuse(batch, error("bad_json", f"request is not valid JSON: {exc}"))
-        except RecursionError:
-            return self._refuse(batch, error("bad_json", "request is nested too deeply"))
-        if not isinstance(doc, dict):
-            message = f"request must be a JSON object, got {type(doc).__name__}"
-            return self._refuse(batch, error("bad_json", message))
-        if line[:1] != b"{" or line[1:2] == b"\0":
-            return self._handle_request(doc, None, batch)
-        text = line.decode("utf-8", "surrogatepass")  # parsed: an object in UTF-8
-        return self._handle_request(doc, text.rstrip()[:-1], batch)
-
-    def _handle_doc(self, doc: Any, text: str, start: int, end: int, batch: _Batch) -> bool:
-        """A request parsed from ``text[start:end]``."""
-        if type(doc) is not dict:
-            message = f"request must be a JSON object, got {type(doc).__name__}"
-            return self._refuse(batch, error("bad_json", message))
-        return self._handle_request(doc, text[start : end - 1], batch)
-
-    def _handle_request(self, doc: dict[str, Any], head: str | None, batch: _Batch) -> bool:
+    def _handle_request(self, doc: dict[str, Any], head: str | None, batch: Batch) -> bool:
         """``head`` is the request line without its closing brace, when it is known."""
         op = doc.get("op", "event")
         if self.backend.closing:
@@ -278,11 +156,6 @@ class Connection(asyncio.Protocol):
         slot = Slot()
         self._slots.append(slot)
         self._spawn(self._call(op, doc, slot))
-        return True
-
-    def _refuse(self, batch: _Batch, reply: Reply) -> bool:
-        batch.flush()  # its replies come first
-        self._push(reply)
         return True
 
     def _submit(self, events: list[Event]) -> None:

@@ -1,4 +1,4 @@
-"""The daemon: startup, main loop, shutdown, and the life of one run."""
+"""The daemon: startup, main loop, shutdown, and intake into the journal."""
 
 from __future__ import annotations
 
@@ -6,31 +6,35 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from supervisord import __version__
-from supervisord.core.errors import ConfigErrors
 from supervisord.core.matching import MatchState, Table
 from supervisord.core.model import Event, Settings
 from supervisord.core.runtypes import RunRequest
+from supervisord.daemon.acceptor import Acceptor
+from supervisord.daemon.limits import connection_limit
 from supervisord.daemon.listener import allowed_uids, bind, unlink_if_ours
-from supervisord.daemon.load import Loaded, load_callbacks, read_qbconf
+from supervisord.daemon.load import Loaded
 from supervisord.daemon.memory import IdleRelease
 from supervisord.daemon.ops import Ops
+from supervisord.daemon.reloading import Reloading, load_all
+from supervisord.daemon.runs import Runs
 from supervisord.daemon.server import Connection, Reply
 from supervisord.daemon.systemd import Notifier, listen_fds, watchdog_interval
-from supervisord.journal.batch import Finished, Intake, Query, Started, Tick
+from supervisord.journal.batch import Intake, Query, Tick
 from supervisord.journal.sequencer import Sequencer
 from supervisord.run.runner import Runner
 from supervisord.run.scheduler import Scheduler
 
+__all__ = ["Daemon", "load_all"]
+
 log = logging.getLogger(__name__)
 
 
-class Daemon:
+class Daemon(Reloading, Runs):
     """Owns every piece of state: table, sequencer, scheduler, runner, listeners."""
 
     def __init__(self, qbconf: str, settings: Settings, loaded: Loaded) -> None:
@@ -61,6 +65,7 @@ class Daemon:
         self.sequencer: Sequencer | None = None
         self._clock: asyncio.TimerHandle | None = None
         self._socket_inode: int | None = None
+        self.acceptor: Acceptor | None = None
         self.stats: dict[str, Any] = {"timeouts": 0}
         self.ops = Ops(self)
         self.status_line = self.ops.status_line
@@ -69,14 +74,14 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def main(self) -> int:
-        server = await self.startup()
+        await self.startup()
         try:
             await self.main_loop()
         finally:
-            await self.shutdown(server)
+            await self.shutdown()
         return 0
 
-    async def startup(self) -> asyncio.AbstractServer:
+    async def startup(self) -> None:
         loop = asyncio.get_running_loop()
         self.sequencer = Sequencer(self.settings, self.table, loop, self._committed)
         recovered = await asyncio.to_thread(self.sequencer.open)
@@ -90,7 +95,8 @@ class Daemon:
         else:
             sock = bind(self.settings)
             self._socket_inode = os.stat(self.settings.event_socket).st_ino
-        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        limit = connection_limit(self.settings)
+        self.acceptor = Acceptor(sock, lambda: Connection(self), limit)
         for signum, handler in (
             (signal.SIGTERM, self._stop.set),
             (signal.SIGINT, self._stop.set),
@@ -100,12 +106,11 @@ class Daemon:
         await self._warm_runner()
         self.sequencer.submit(Tick())  # fire time triggers that passed while we were down
         log.info(
-            "listening socket=%s callbacks=%d redelivered=%d loop=%s",
-            self.settings.event_socket, len(self.table.callbacks), len(recovered),
+            "listening socket=%s callbacks=%d redelivered=%d max_connections=%d loop=%s",
+            self.settings.event_socket, len(self.table.callbacks), len(recovered), limit,
             type(loop).__module__,
         )  # fmt: skip
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
-        return server
 
     async def _warm_runner(self) -> None:
         """Start the Python fork server before READY, so the first events do not queue
@@ -132,10 +137,11 @@ class Daemon:
                 # Sent from the loop: a stuck loop stops the pings and systemd restarts us.
                 self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
 
-    async def shutdown(self, server: asyncio.AbstractServer) -> None:
+    async def shutdown(self) -> None:
         log.info("stopping running=%d queued=%d", self.scheduler.running, self.scheduler.queued)
         self.closing = True
-        server.close()  # synchronous: from here on a connect is refused
+        if self.acceptor is not None:
+            self.acceptor.close()  # synchronous: from here on a connect is refused
         self.notifier.notify("STOPPING=1")
         if self._clock is not None:
             self._clock.cancel()
@@ -144,6 +150,8 @@ class Daemon:
         for conn in list(self.subscribers) + list(self.tails):
             if conn.transport is not None:
                 conn.transport.close()
+        if self.acceptor is not None:
+            await self.acceptor.wait_closed()
         if self.sequencer is not None:
             await asyncio.to_thread(self.sequencer.stop, True)
         unlink_if_ours(self.settings.event_socket, self._socket_inode)
@@ -179,6 +187,11 @@ class Daemon:
         self._congested.discard(conn)
         self.subscribers.pop(conn, None)
         self.tails.discard(conn)
+
+    def disconnected(self, conn: Connection) -> None:
+        self.forget(conn)
+        if self.acceptor is not None:
+            self.acceptor.discard(conn)  # its place among the open connections is free
 
     def submit_events(self, events: list[Event], done: Callable[[list[Reply]], None]) -> None:
         assert self.sequencer is not None
@@ -220,106 +233,3 @@ class Daemon:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.sequencer.submit(Query(fn, future))
         return await future
-
-    # -- one run ---------------------------------------------------------------------------
-
-    async def execute(self, req: RunRequest) -> None:
-        assert self.sequencer is not None
-        sequencer = self.sequencer
-        started = time.time()
-
-        def on_start() -> None:
-            # Recorded once the process exists, not while the run waits for a spawn
-            # thread: a start record counts one attempt against the give-up policy.
-            sequencer.submit(Started(req.run_id, started))
-            if self.tails:  # the line is built only for someone to read it
-                self.ops.publish_tail({"op": "run", "state": "spawned", **self.ops.run_fields(req)})
-
-        result = await self.runner.run(req, on_start)
-        level = logging.INFO if result.outcome == "ok" else logging.WARNING
-        word = "timed out" if result.outcome == "timeout" else "exited"
-        if result.outcome == "timeout":
-            self.stats["timeouts"] += 1
-        log.log(
-            level,
-            "%s seq=%d job=%s callback=%s run_id=%d pid=%s outcome=%s status=%r duration=%.3fs",
-            word, req.seq, req.owner, req.callback.file, req.run_id, result.pid, result.outcome,
-            result.description, result.ended - result.started,
-        )  # fmt: skip
-        self.ops.record_duration(req.callback.file, result.ended - result.started, result.outcome)
-        self.sequencer.submit(Finished(req, result))
-        if result.actions:
-            self.ops.publish_actions(req, result)
-        if self.tails:
-            self.ops.publish_tail(
-                {"op": "run", "state": "exited", **self.ops.run_fields(req),
-                 "outcome": result.outcome, "description": result.description, "log": result.log}
-            )  # fmt: skip
-
-    async def jobinfo(self, by: str, value: Any) -> list[dict[str, Any]]:
-        def lookup(_db: Any, state: MatchState) -> list[dict[str, Any]]:
-            registry = state.registry
-            if by == "-pgrp":
-                return registry.by_pgrp(int(value))
-            job = registry.get(int(value))
-            return [] if job is None else [job]
-
-        result: list[dict[str, Any]] = await self.query(lookup)
-        return result
-
-    # -- reload ----------------------------------------------------------------------------
-
-    async def reload(self) -> Reply:
-        # One at a time: two overlapping reloads could otherwise finish in the wrong order
-        # and leave the older reading of the files in force.
-        async with self._reload_lock:
-            return await self._reload()
-
-    async def _reload(self) -> Reply:
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        try:
-            settings, loaded = await asyncio.to_thread(load_all, self.qbconf)
-        except ConfigErrors as exc:
-            errors = [str(e) for e in exc.errors]
-            log.error("reload failed errors=%d first=%r", len(errors), errors[0] if errors else "")
-            self.notifier.notify("READY=1", f"STATUS=reload failed: {len(errors)} error(s)")
-            message = f"configuration has {len(errors)} error(s); the running table is kept"
-            return {
-                "ok": False,
-                "error": {"code": "invalid_config", "message": message},
-                "errors": errors,
-            }
-        self._swap(settings, loaded)
-        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
-        return {"ok": True, "callbacks": len(loaded.callbacks)}
-
-    def _swap(self, settings: Settings, loaded: Loaded) -> None:
-        old = {cb.key: cb for cb in self.table.callbacks}
-        new = {cb.key: cb for cb in loaded.callbacks}
-        added = [new[k].file for k in new.keys() - old.keys()]
-        removed = [old[k].file for k in old.keys() - new.keys()]
-        changed = [new[k].file for k in new.keys() & old.keys() if new[k] != old[k]]
-        if settings.event_socket != self.settings.event_socket:
-            log.warning("supervisor_event_socket changed; it takes effect at the next start")
-        self.table = Table(loaded.callbacks)
-        assert self.sequencer is not None
-        self.sequencer.table = self.table  # one assignment: the next batch matches on it
-        self.settings = settings
-        self.sequencer.settings = settings
-        self.runner.update(settings)
-        self.scheduler.concurrency = settings.concurrency
-        self.scheduler.per_job_order = settings.per_job_order
-        self.scheduler.queue_limit = settings.queue_limit
-        self.allowed, _ = allowed_uids(settings)
-        for warning in loaded.warnings:
-            log.warning("%s", warning)
-        log.info(
-            "reloaded callbacks=%d added=%s changed=%s removed=%s",
-            len(loaded.callbacks), added, changed, removed,
-        )  # fmt: skip
-        self.sequencer.submit(Tick())
-
-
-def load_all(qbconf: str) -> tuple[Settings, Loaded]:
-    settings = read_qbconf(qbconf, os.environ, sys.executable)
-    return settings, load_callbacks(settings)
