@@ -71,10 +71,10 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Settings, Any]:
     """qb.conf and every callbacks.conf, as ``serve`` would load them."""
-    from supervisord.daemon.load import load_callbacks
+    from supervisord.daemon.policies import load_config
 
     settings = read_settings(_require_qbconf(args, env), env)
-    return settings, load_callbacks(settings)
+    return settings, load_config(settings)[0]
 
 
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -22,7 +22,15 @@ def render(status: dict[str, Any]) -> str:
         ("qbcallbacks_runs_total", status["runs_total"], "counter", "runs finished"),
         ("qbcallbacks_runs_failed_total", status["runs_failed"], "counter", "runs not ok"),
         ("qbcallbacks_timeouts_total", status["timeouts"], "counter", "runs stopped at timeout"),
-    )
+        ("qbcallbacks_runs_retried_total", status.get("runs_retried_total", 0), "counter",
+         "retries scheduled by the delivery policy"),
+        ("qbcallbacks_runs_dead_total", status.get("runs_dead_total", 0), "counter",
+         "runs dead after their last attempt"),
+        ("qbcallbacks_runs_held", status.get("runs_held", 0), "gauge",
+         "runs held by open circuit breakers"),
+        ("qbcallbacks_background", status.get("background", 0), "gauge",
+         "processes callbacks left running, watched"),
+    )  # fmt: skip
     for name, value, kind, text in gauges:
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     per_cb = status.get("per_callback", {})
@@ -34,4 +42,10 @@ def render(status: dict[str, Any]) -> str:
     ):
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         lines += [f'{metric}{{callback="{_label(n)}"}} {v[key]}' for n, v in per_cb.items()]
+    metric = "qbcallbacks_breaker_open"
+    lines += [f"# HELP {metric} 1 while the callback's breaker is open or half-open"]
+    lines += [f"# TYPE {metric} gauge"]
+    lines += [
+        f'{metric}{{callback="{_label(b["callback"])}"}} 1' for b in status.get("breakers", [])
+    ]
     return "\n".join(lines) + "\n"

@@ -6,44 +6,19 @@ import asyncio
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from supervisord.core.errors import EventError
 from supervisord.core.events import validate_event
 from supervisord.core.matching import match
+from supervisord.daemon.policyops import PolicyOps, int_field
 from supervisord.daemon.server import Connection, Reply, error
 from supervisord.journal import reads
 
 if TYPE_CHECKING:
-    from supervisord.core.matching import MatchState, Table
-    from supervisord.core.model import Settings
+    from supervisord.core.matching import MatchState
     from supervisord.core.runtypes import RunRequest, RunResult
-    from supervisord.journal.sequencer import Sequencer
-    from supervisord.run.runner import Runner
-    from supervisord.run.scheduler import Scheduler
-
-
-class Daemon(Protocol):
-    """What the operations read of the daemon that owns them (``service.Daemon``), handed in
-    so that this module does not import the one that builds it."""
-
-    qbconf: str
-    settings: Settings
-    table: Table
-    version: str
-    started_at: float
-    stats: dict[str, Any]
-    subscribers: dict[Connection, list[Reply] | None]
-    tails: set[Connection]
-    runner: Runner
-    scheduler: Scheduler
-    sequencer: Sequencer | None
-
-    async def query(self, fn: Callable[[Any, MatchState], Any]) -> Any: ...
-    async def reload(self) -> Reply: ...
-    def forget(self, conn: Connection) -> None: ...
-
+    from supervisord.daemon.view import Daemon
 
 # Bytes a subscriber may leave unread before it is cut off (it can resume with `since`).
 SUBSCRIBER_BUFFER: Final = 4 << 20
@@ -75,15 +50,6 @@ def _action_key(line: Reply) -> tuple[Any, ...]:
     return (line["seq"], line["callback"], line["job_id"], line["action"], line["target"])
 
 
-def _int_field(doc: dict[str, Any], name: str, default: int | None = None) -> int | None:
-    value = doc.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise EventError(name, f"expected an integer, got {value!r}")
-    return value
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -94,9 +60,11 @@ class Ops:
 
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self.policy = PolicyOps(daemon)  # dead, replay, resume and status of SPEC §7
 
     async def call(self, op: str, doc: dict[str, Any], conn: Connection) -> Reply:
-        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        name = f"op_{op}" if isinstance(op, str) else ""
+        handler = getattr(self, name, None) or getattr(self.policy, name, None)
         if handler is None:
             return error("unknown_op", f"unknown op {op!r}")
         try:
@@ -110,8 +78,7 @@ class Ops:
         return {"ok": True, "version": self.d.version}
 
     async def op_status(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        await self._settle()
-        return {"ok": True, **self.status_doc()}
+        return {"ok": True, **await self.full_status()}
 
     async def op_callbacks(self, doc: dict[str, Any], conn: Connection) -> Reply:
         rows = [
@@ -131,25 +98,29 @@ class Ops:
         return {"ok": True, "matched": await self.d.query(dry_run)}
 
     async def op_wait(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        seq = _int_field(doc, "seq")
+        seq = int_field(doc, "seq")
         if seq is None:
             raise EventError("seq", "required: the seq to wait for")
         timeout = doc.get("timeout", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise EventError("timeout", f"expected a number of seconds >= 0, got {timeout!r}")
         done = await self.d.scheduler.wait(seq, float(timeout))
-        return {"ok": True, "done": done, "seq": seq}
+        waiting = await self.d.query(lambda db, _state: reads.waiting_through(db, seq))
+        return {"ok": True, "done": done, "seq": seq, **waiting}
 
     async def op_history(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        job = _int_field(doc, "job")
-        limit = _int_field(doc, "limit", 100) or 100
+        job = int_field(doc, "job")
+        limit = int_field(doc, "limit", 100) or 100
         callback, outcome = doc.get("callback"), doc.get("outcome")
         for name, value in (("callback", callback), ("outcome", outcome)):
             if value is not None and not isinstance(value, str):
                 raise EventError(name, f"expected a string, got {value!r}")
 
+        dead = doc.get("dead") is True
+
         def read(db: Any, _state: MatchState) -> list[dict[str, Any]]:
-            return reads.history(db, job, callback, outcome, max(1, min(limit, 100_000)))
+            count = max(1, min(limit, 100_000))
+            return reads.history(db, job, callback, outcome, count, dead=dead)
 
         return {"ok": True, "runs": await self.d.query(read)}
 
@@ -157,7 +128,7 @@ class Ops:
         return await self.d.reload()
 
     async def op_subscribe(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        since = _int_field(doc, "since")
+        since = int_field(doc, "since")
         if since is None:
             self.d.subscribers[conn] = None  # live from now on
             return {"ok": True}
@@ -192,12 +163,18 @@ class Ops:
     async def op_metrics(self, doc: dict[str, Any], conn: Connection) -> Reply:
         from supervisord.core.metrics import render
 
-        await self._settle()
-        return {"ok": True, "text": render(self.status_doc())}
+        return {"ok": True, "text": render(await self.full_status())}
 
-    async def _settle(self) -> None:
-        """Pass through the sequencer's queue, so totals include every write queued before."""
-        await self.d.query(lambda _db, _state: None)
+    async def full_status(self) -> dict[str, Any]:
+        """`status` with the delivery policy's counts, read after every write queued before."""
+        waiting = await self.d.query(lambda db, _state: reads.waiting_counts(db))
+        doc = self.status_doc()
+        extra = self.policy.status(waiting)
+        per_cb = doc["per_callback"]
+        for name, fields in extra.pop("delivery").items():
+            per_cb.setdefault(name, {"runs": 0, "failed": 0, "p50_s": 0.0, "p99_s": 0.0})
+            per_cb[name].update(fields)
+        return {**doc, **extra}
 
     # -- helpers used by the daemon -------------------------------------------------------
 

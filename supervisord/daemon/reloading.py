@@ -15,7 +15,8 @@ from supervisord.core.model import Settings
 from supervisord.daemon.acceptor import Acceptor
 from supervisord.daemon.limits import connection_limit
 from supervisord.daemon.listener import allowed_uids
-from supervisord.daemon.load import Loaded, load_callbacks, read_qbconf
+from supervisord.daemon.load import Loaded, read_qbconf
+from supervisord.daemon.policies import Policies, load_config
 from supervisord.daemon.replies import Reply
 from supervisord.daemon.systemd import Notifier
 from supervisord.journal.batch import Tick
@@ -33,6 +34,7 @@ class Reloading:
     qbconf: str
     settings: Settings
     table: Table
+    policies: Policies
     sequencer: Sequencer | None
     runner: Runner
     scheduler: Scheduler
@@ -41,6 +43,13 @@ class Reloading:
     acceptor: Acceptor | None
     status_line: Callable[[], str]
     _reload_lock: asyncio.Lock
+
+    def apply_policies(self, policies: Policies) -> None:
+        """The delivery policy in force for what has not started yet (SPEC §7)."""
+        self.policies = policies
+        if self.sequencer is not None:
+            self.sequencer.book.policy_of = policies.of
+        self.scheduler.set_policies(policies.of)
 
     async def reload(self) -> Reply:
         # One at a time: two overlapping reloads could otherwise finish in the wrong order
@@ -51,7 +60,7 @@ class Reloading:
     async def _reload(self) -> Reply:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            settings, loaded = await asyncio.to_thread(load_all, self.qbconf)
+            settings, loaded, policies = await asyncio.to_thread(load_all, self.qbconf)
         except ConfigErrors as exc:
             errors = [str(e) for e in exc.errors]
             log.error("reload failed errors=%d first=%r", len(errors), errors[0] if errors else "")
@@ -62,11 +71,11 @@ class Reloading:
                 "error": {"code": "invalid_config", "message": message},
                 "errors": errors,
             }
-        self._swap(settings, loaded)
+        self._swap(settings, loaded, policies)
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
         return {"ok": True, "callbacks": len(loaded.callbacks)}
 
-    def _swap(self, settings: Settings, loaded: Loaded) -> None:
+    def _swap(self, settings: Settings, loaded: Loaded, policies: Policies) -> None:
         old = {cb.key: cb for cb in self.table.callbacks}
         new = {cb.key: cb for cb in loaded.callbacks}
         added = [new[k].file for k in new.keys() - old.keys()]
@@ -77,6 +86,7 @@ class Reloading:
         self.table = Table(loaded.callbacks)
         assert self.sequencer is not None
         self.sequencer.table = self.table  # one assignment: the next batch matches on it
+        self.apply_policies(policies)  # to runs not yet started (SPEC §7.1)
         self.settings = settings
         self.sequencer.settings = settings
         self.runner.update(settings)
@@ -95,6 +105,6 @@ class Reloading:
         self.sequencer.submit(Tick())
 
 
-def load_all(qbconf: str) -> tuple[Settings, Loaded]:
+def load_all(qbconf: str) -> tuple[Settings, Loaded, Policies]:
     settings = read_qbconf(qbconf, os.environ, sys.executable)
-    return settings, load_callbacks(settings)
+    return settings, *load_config(settings)

@@ -11,7 +11,7 @@ from supervisord.core.matching import MatchState
 from supervisord.core.runtypes import RunRequest
 from supervisord.daemon.ops import Ops
 from supervisord.daemon.server import Connection
-from supervisord.journal.batch import Finished, Started
+from supervisord.journal.batch import Finished, Hold, Started
 from supervisord.journal.sequencer import Sequencer
 from supervisord.run.runner import Runner
 
@@ -34,6 +34,11 @@ class Runs:
     async def execute(self, req: RunRequest) -> None:
         assert self.sequencer is not None
         sequencer = self.sequencer
+        breaker = sequencer.open_breakers.get(req.callback.file)
+        if breaker is not None and breaker.get("state") == "open":
+            # Queued before its breaker opened: back to the journal, held (SPEC §7.4).
+            sequencer.submit(Hold(req))
+            return
         started = time.time()
 
         def on_start() -> None:

@@ -31,7 +31,7 @@ def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
           log_format: str = "text") -> int:  # fmt: skip
     """`qbsupervisor serve`: 0 after a clean stop, 78 on bad configuration at start."""
     try:
-        settings, loaded = load_all(qbconf_path)
+        settings, loaded, policies = load_all(qbconf_path)
     except ConfigErrors as exc:
         for err in exc.errors:
             print(f"qbsupervisor: {err}", file=sys.stderr)
@@ -45,7 +45,7 @@ def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
     raise_nofile()  # before the fork server and the journal start
     for warning in loaded.warnings:
         log.warning("%s", warning)
-    daemon = Daemon(os.path.abspath(qbconf_path), settings, loaded)
+    daemon = Daemon(os.path.abspath(qbconf_path), settings, loaded, policies)
     try:
         return run_loop(daemon.main(), loop)
     except (ConfigError, StoreError) as exc:

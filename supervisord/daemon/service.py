@@ -20,6 +20,7 @@ from supervisord.daemon.listener import allowed_uids, bind, unlink_if_ours
 from supervisord.daemon.load import Loaded
 from supervisord.daemon.memory import IdleRelease
 from supervisord.daemon.ops import Ops
+from supervisord.daemon.policies import Policies
 from supervisord.daemon.reloading import Reloading, load_all
 from supervisord.daemon.runs import Runs
 from supervisord.daemon.server import Connection, Reply
@@ -37,10 +38,13 @@ log = logging.getLogger(__name__)
 class Daemon(Reloading, Runs):
     """Owns every piece of state: table, sequencer, scheduler, runner, listeners."""
 
-    def __init__(self, qbconf: str, settings: Settings, loaded: Loaded) -> None:
+    def __init__(
+        self, qbconf: str, settings: Settings, loaded: Loaded, policies: Policies | None = None
+    ) -> None:
         self.qbconf = qbconf
         self.settings = settings
         self.table = Table(loaded.callbacks)
+        self.policies = policies or Policies()
         self.version = __version__
         self.closing = False
         self.started_at = time.time()
@@ -84,6 +88,7 @@ class Daemon(Reloading, Runs):
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
         self.sequencer = Sequencer(self.settings, self.table, loop, self._committed)
+        self.apply_policies(self.policies)  # before the journal's held and retrying runs load
         recovered = await asyncio.to_thread(self.sequencer.open)
         self.sequencer.start()
         self.scheduler.note_seq(self.sequencer.counters["last_seq"])

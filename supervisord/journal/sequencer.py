@@ -341,7 +341,7 @@ class Sequencer(Numbering):
             elif req is not None:
                 batch.new_requests.append(req)
         log.info("replay selector=%s runs=%s", item.selector, made)
-        batch.results.append((item.future, made))
+        batch.results.append((item.future, {"run_ids": made, "sources": ids}))
 
     def _housekeeping(self, now: float) -> None:
         if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:

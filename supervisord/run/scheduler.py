@@ -6,11 +6,11 @@ import asyncio
 import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from supervisord.core.runtypes import RunRequest
+from supervisord.run.fairshare import ReadyQueue
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Scheduler:
         self.queue_limit = queue_limit
         self.per_job_order = per_job_order
         self._execute = execute
-        self._ready: deque[tuple[RunRequest, float]] = deque()
+        self._ready = ReadyQueue()  # round robin over callbacks, within their caps
         self._chains: dict[Any, list[_Group]] = {}
         self._chain_left: dict[Any, int] = {}
         self._held = 0
@@ -64,6 +64,7 @@ class Scheduler:
         # the previous call: the moment to give memory back (supervisord/daemon/memory.py).
         self.on_idle: Callable[[], None] | None = None
         self._work = 0
+        self._token_timer: asyncio.TimerHandle | None = None
 
     @property
     def queued(self) -> int:
@@ -71,7 +72,8 @@ class Scheduler:
 
     def oldest_queued_age(self) -> float:
         """Seconds the longest-waiting queued run has waited (0 when nothing waits)."""
-        since = [self._ready[0][1]] if self._ready else []
+        oldest = self._ready.oldest()
+        since = [] if oldest is None else [oldest]
         since += [chain[1][2] for chain in self._chains.values() if len(chain) > 1]
         return max(0.0, time.monotonic() - min(since)) if since else 0.0
 
@@ -85,7 +87,9 @@ class Scheduler:
             self._outstanding[req.seq] = self._outstanding.get(req.seq, 0) + 1
         for seq, group in by_seq.items():
             key = _job_key(group[0])
-            if not self.per_job_order or key is None:
+            # Retries and replays are not held back by the job's later events (SPEC §7.2).
+            first = group[0].attempt == 1 and not group[0].replayed
+            if not self.per_job_order or key is None or not first:
                 self._ready.extend((req, now) for req in group)
                 continue
             chain = self._chains.setdefault(key, [])
@@ -136,9 +140,22 @@ class Scheduler:
         self._chain_left[key] = len(group)
         self._ready.extend((req, since) for req in group)
 
+    def per_callback(self) -> dict[str, dict[str, Any]]:
+        """Runs running and ready to start, by callback file."""
+        return self._ready.counts()
+
+    def set_policies(self, policy_of: Callable[[Any], Any]) -> None:
+        """Caps for the runs not yet started (at start and at reload)."""
+        self._ready.policy_of = policy_of
+        self._dispatch()
+
     def _dispatch(self) -> None:
         while self._ready and self.running < self.concurrency and not self.closing:
-            req, _ = self._ready.popleft()
+            ready = self._ready.pop(time.monotonic())
+            if ready is None:  # every waiting callback is at its cap or out of tokens
+                self._wake_at_next_token()
+                return
+            req = ready[0]
             self.running += 1
             task = asyncio.ensure_future(self._run(req))
             self._tasks.add(task)
@@ -151,8 +168,21 @@ class Scheduler:
             log.exception("run crashed run_id=%d seq=%d", req.run_id, req.seq)
         finally:
             self.running -= 1
+            self._ready.finished(req)
             self._finished(req)
             self._dispatch()
+
+    def _wake_at_next_token(self) -> None:
+        at = self._ready.next_token
+        if at is None or self._token_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            self._token_timer = None
+            self._dispatch()
+
+        self._token_timer = loop.call_later(max(0.0, at - time.monotonic()), wake)
 
     def _finished(self, req: RunRequest) -> None:
         left = self._outstanding[req.seq] - 1
