@@ -111,3 +111,21 @@ async def test_standard_modules_a_callback_imports_are_prewarmed_its_own_are_not
     assert output_lines(first)[-1] == output_lines(second)[-1] == "True False"
     importers = (tmp_path / "imported").read_text().split()
     assert len(importers) == 2 and str(server) not in importers  # one import in each child
+
+
+async def test_the_server_and_its_helpers_load_nothing_of_the_daemon(tmp_path: Path) -> None:
+    """_forkserver.py runs as a script: its helpers come from its own directory, and no
+    module of the daemon's package is imported into the server (or its children)."""
+    write_callback(
+        tmp_path, "cb.py",
+        "import sys\n"
+        "ours = ('_forkchild', '_forkprep', '_qbrun')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('supervisord') or m in ours))\n",
+    )  # fmt: skip
+    runner = Runner(make_settings(tmp_path, python_mode="forkserver"))
+    try:
+        result = await run_file(runner, tmp_path, "cb.py")
+    finally:
+        await runner.aclose()
+    assert result.outcome == "ok", output_lines(result)
+    assert output_lines(result)[-1] == "['_forkchild', '_forkprep', '_qbrun']"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from supervisord.run.output import LogWriter
+from supervisord.run.output import LogWriter, OutputSink, PipeDrain
 
 
 async def test_appends_in_order_creating_the_directory_and_flush_waits_for_them(
@@ -57,3 +60,30 @@ async def test_close_writes_what_is_queued_and_a_later_append_starts_again(
     await writer.flush()
     assert path.read_bytes().endswith(b"99\nagain\n")
     writer.close()
+
+
+async def test_read_available_takes_what_is_in_a_pipe_still_held_open(tmp_path: Path) -> None:
+    """When a callback exits but what it left running holds its output pipe, the run's
+    result must not miss what the callback printed: it is taken without waiting for EOF,
+    and the pipe is still read afterwards."""
+    writer = LogWriter()
+    path = tmp_path / "1234.cb"
+    sink = OutputSink(str(path), lambda: b"=== header\n", 1 << 20, writer)
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    os.set_blocking(read_end, False)
+    drain = PipeDrain(asyncio.get_running_loop(), read_end, sink)
+    try:
+        os.write(write_end, b"x" * 200_000)  # more than one read's worth
+        drain.read_available()  # no turn of the loop in between
+        assert sink.kept == 200_000 and not drain.eof.done()
+        os.write(write_end, b"later\n")
+        os.close(write_end)
+        write_end = -1
+        await asyncio.wait_for(drain.eof, 10)
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        drain.close()
+    await writer.flush()
+    assert path.read_bytes() == b"=== header\n" + b"x" * 200_000 + b"later\n"

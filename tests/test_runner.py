@@ -228,6 +228,8 @@ async def test_os_system_timeout_does_not_hold_up_other_runs(
 
 
 async def test_grandchild_is_stopped(tmp_path: Path, subreaper: None, mode: str) -> None:
+    """Left running when the callback exits (SPEC §4: tests/test_background.py), it is
+    stopped at the runner's close."""
     runner = Runner(make_settings(tmp_path, kill_grace=0.5, python_mode=mode))
     result = await runner.run(make_request(make_callback("grandchild.py")))
     assert result.outcome == "ok"

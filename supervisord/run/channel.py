@@ -70,7 +70,7 @@ class Channel:
         self._readers: Readers = loop if readers is None else readers
         self._sock = sock
         self._answer = answer
-        self._context = context  # "run=12 callback=x.py", for log lines
+        self._context = context  # "seq=17 job=1234 run=12 callback=x.py pid=4242", for logs
         self._buf = bytearray()
         self._pending = bytearray()
         self._writer: asyncio.Task[None] | None = None

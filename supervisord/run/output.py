@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # One pipe buffer's worth (Linux default 64 KiB): a read never returns more.
 _READ_SIZE: Final = 65536
+# A pipe holds at most 1 MiB (pipe-max-size): what was written before a look is taken in
+# this many reads, even while a writer adds more.
+_READ_ROUNDS: Final = 16
 _LOG_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -224,22 +227,31 @@ class PipeDrain:
         self._fd: int | None = fd
         self.sink = sink
         self.eof: asyncio.Future[None] = loop.create_future()
-        self._readers.add_reader(fd, self._on_readable)
+        self._readers.add_reader(fd, self._read_once)
 
-    def _on_readable(self) -> None:
+    def _read_once(self) -> bool:
+        """One read; False when there was nothing to read now (or ever again)."""
         if self._fd is None:
-            return
+            return False
         try:
             data = os.read(self._fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             log.warning("cannot read callback output path=%s error=%s", self.sink.path, exc)
             data = b""
         if data:
             self.sink.write(data)
-        else:
-            self.close()
+            return True
+        self.close()
+        return False
+
+    def read_available(self) -> None:
+        """Take what is in the pipe now (a writer that lives on may hold it open): what
+        the callback printed before it exited is in the sink when this returns."""
+        for _ in range(_READ_ROUNDS):
+            if self._fd is None or not self._read_once():
+                return
 
     def close(self) -> None:
         """Stop reading (at end of file, or when giving up on a holder that escaped)."""

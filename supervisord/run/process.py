@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class Readers(Protocol):
     """Where a read callback is registered: the loop itself, or a Poller on it."""
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None: ...
 
     def remove_reader(self, fd: int) -> bool: ...
 
@@ -40,10 +40,10 @@ class Poller:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._epoll = select.epoll()
-        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._callbacks: dict[int, Callable[[], object]] = {}
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
         self._epoll.register(fd, select.EPOLLIN)
         self._callbacks[fd] = callback
 

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from supervisord.core.model import Settings
@@ -19,14 +18,16 @@ from supervisord.core.runtypes import (
     RunResult,
     log_path,
 )
-from supervisord.run import cspawn, process
-from supervisord.run.channel import Channel, local_jobinfo
+from supervisord.run import cspawn, group, process
+from supervisord.run.background import Background
+from supervisord.run.child import Child, attach, failed_start, judge, once, stop
 from supervisord.run.cspawn import Spawner
 from supervisord.run.env import RUNTIME_DIR
 from supervisord.run.forkserver import ForkServerLost, SpawnRefused
-from supervisord.run.output import LogWriter, OutputSink, PipeDrain, header_line
+from supervisord.run.output import LogWriter
 from supervisord.run.qcb import run_qcb
-from supervisord.run.start import ForkServers, Started, Starter
+from supervisord.run.servers import ForkServers
+from supervisord.run.start import Starter
 
 __all__ = ["RUNTIME_DIR", "Action", "JobInfo", "RunRequest", "RunResult", "Runner"]
 
@@ -37,19 +38,6 @@ log = logging.getLogger(__name__)
 _ATTEMPTS: Final = 3
 
 
-@dataclass(slots=True, eq=False)
-class _Child:
-    """The daemon's handles on one running callback process."""
-
-    pid: int
-    exited: asyncio.Future[process.Status]
-    drain: PipeDrain
-    channel: Channel
-    stop_reason: str | None = None
-    stopper: asyncio.Task[None] | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class Runner:
     """Starts callback runs; owns every child and every cleanup task until aclose().
 
@@ -58,18 +46,21 @@ class Runner:
     the warm fork server, python_mode = forkserver) or ``exec`` (forked by the fork
     server, which switches user and sets limits, then execs the interpreter). The fork
     server is started lazily, by the first run that needs it, and stopped in aclose().
+    What a callback leaves running when it exits is handed to Background (SPEC §4).
     """
 
     def __init__(self, settings: Settings, *, jobinfo: JobInfo | None = None) -> None:
         self._environ = dict(os.environ)
         self._jobinfo = jobinfo
-        self._active: set[_Child] = set()
+        self._active: set[Child] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._closing = False
         self._forks = ForkServers()
         self._spawner = Spawner() if cspawn.available() else None
         self._logs = LogWriter()  # its thread starts with the first run that prints
         self._poller: process.Poller | None = None
+        self._background = Background()
+        self._was_subreaper: bool | None = None  # None: not made one (yet)
         self.update(settings)
 
     def update(self, settings: Settings) -> None:
@@ -86,6 +77,11 @@ class Runner:
     def log_path(self, owner: int | None) -> str:
         return log_path(self._settings.logpath, owner)
 
+    @property
+    def background(self) -> int:
+        """For ``status``: processes that callbacks left running, watched now (SPEC §4)."""
+        return self._background.count
+
     def forkserver_state(self) -> dict[str, Any]:
         """For ``status``: mode, the server's pid (None when not running), restarts, runs."""
         return {"mode": self._settings.python_mode, **self._forks.state()}
@@ -99,16 +95,16 @@ class Runner:
         started = time.time()
         problem = self._refuse(req, settings)
         if problem is not None:
-            return _failed_start(req, started, problem)
+            return failed_start(req, started, problem)
         if req.callback.language == "qube":
             if on_start is not None:
                 on_start()
             return await run_qcb(req, settings, self._logs)
         argv = starter.argv(req)
         if isinstance(argv, str):
-            return _failed_start(req, started, argv)
+            return failed_start(req, started, argv)
         if on_start is not None:  # once, however many tries the fork server needs
-            on_start = _once(on_start)
+            on_start = once(on_start)
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return await self._run_once(
@@ -121,18 +117,23 @@ class Runner:
                 )  # fmt: skip
             if self._closing:
                 break
-        return _failed_start(req, started, "the fork server keeps dying")
+        return failed_start(req, started, "the fork server keeps dying")
 
     async def aclose(self) -> None:
-        """Stop every child still running with the kill policy; await all cleanup."""
+        """Stop every child still running, and what callbacks left running, with the kill
+        policy; await all cleanup."""
         self._closing = True
         for child in list(self._active):
-            self._stop(child, "shutdown", self._settings.kill_grace)
+            stop(child, "shutdown", self._settings.kill_grace)
         for child in list(self._active):
             await child.finished.wait()
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._background.aclose()
         await self._forks.aclose(self._settings.kill_grace)
+        self._background.sweep()  # what the fork server had not reaped came here at its exit
+        if self._was_subreaper is False:
+            group.set_subreaper(False)
         await asyncio.to_thread(self._logs.close)  # the last lines written, thread ended
         if self._spawner is not None:
             self._spawner.close()
@@ -160,14 +161,17 @@ class Runner:
         on_start: Callable[[], None] | None,
     ) -> RunResult:
         settings = starter.settings
+        if self._was_subreaper is None:
+            self._take_orphans()
         try:
             spawned = await starter.start(req, argv, last)
         except SpawnRefused as exc:
-            return _failed_start(req, started, str(exc))
+            return failed_start(req, started, str(exc))
         except (OSError, ValueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return _failed_start(req, started, f"{argv[0]}: {detail}")
-        child = self._attach(req, settings, started, spawned)
+            return failed_start(req, started, f"{argv[0]}: {detail}")
+        readers = self._readers(asyncio.get_running_loop())
+        child = attach(req, settings, started, spawned, self._logs, self._jobinfo, readers)
         self._active.add(child)
         if on_start is not None:
             on_start()
@@ -177,45 +181,16 @@ class Runner:
             self._active.discard(child)
             child.finished.set()
 
-    def _attach(
-        self, req: RunRequest, settings: Settings, started: float, spawned: Started
-    ) -> _Child:
-        """The daemon's handles on a started child: output drain, qb channel, exit watch."""
-        loop = asyncio.get_running_loop()
-        pid, exited, read_end, ours, hello = (
-            spawned.pid,
-            spawned.exited,
-            spawned.output,
-            spawned.channel,
-            spawned.hello,
-        )
-        context = f"run={req.run_id} callback={req.callback.file} pid={pid}"
-        log.debug("spawned seq=%d job=%s %s", req.seq, req.owner, context)
-        path = log_path(settings.logpath, req.owner)
-        sink = OutputSink(
-            path, lambda: header_line(req, started), settings.output_limit, self._logs
-        )
-        answer = self._jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
-        drain: PipeDrain | None = None
-        channel: Channel | None = None
-        readers = self._readers(loop)
+    def _take_orphans(self) -> None:
+        """Before the first child: become a subreaper, so that what a callback leaves
+        running is reparented here when the callback exits, to be watched and reaped
+        (init, in a container, may never reap it)."""
         try:
-            drain = PipeDrain(loop, read_end, sink, readers)
-            channel = Channel(loop, ours, hello, answer, context, readers)
-            return _Child(pid, exited or process.watch(loop, pid, readers), drain, channel)
-        except BaseException:  # out of fds, most likely: leave nothing behind
-            process.kill_group(pid, signal.SIGKILL)
-            if exited is None:
-                os.waitpid(pid, 0)  # SIGKILLed and not yet watched: returns at once
-            if drain is None:
-                os.close(read_end)
-            else:
-                drain.close()
-            if channel is None:
-                ours.close()
-            else:
-                channel.abandon()
-            raise
+            self._was_subreaper = group.set_subreaper(True)
+        except OSError as exc:
+            self._was_subreaper = True  # tried once; nothing to undo
+            log.warning("cannot become a subreaper error=%s", exc)
+        self._background.start_sweeping()
 
     def _readers(self, loop: asyncio.AbstractEventLoop) -> process.Poller:
         """The epoll set of this runner's children on ``loop`` (made on first use)."""
@@ -225,18 +200,18 @@ class Runner:
         return poller
 
     async def _await_child(
-        self, req: RunRequest, child: _Child, settings: Settings, started: float
+        self, req: RunRequest, child: Child, settings: Settings, started: float
     ) -> RunResult:
         loop = asyncio.get_running_loop()
         timeout = settings.callback_timeout
         timer = None
         if timeout > 0:
-            timer = loop.call_later(timeout, self._stop, child, "timeout", settings.kill_grace)
+            timer = loop.call_later(timeout, stop, child, "timeout", settings.kill_grace)
         try:
-            status = await self._exit_status(child, settings.kill_grace)
+            status = await self._exit_status(child, settings)
         except asyncio.CancelledError:
-            self._stop(child, "cancelled", settings.kill_grace)
-            self._own(self._finish(child, settings.kill_grace))
+            stop(child, "cancelled", settings.kill_grace)
+            self._own(self._finish(child, settings))
             raise
         finally:
             if timer is not None:
@@ -245,9 +220,9 @@ class Runner:
             await child.stopper
         ended = time.time()
         actions = await child.channel.aclose()
-        await self._settle_output(child, settings.kill_grace)
+        left = await self._release(child, settings, child.stop_reason)
         await child.drain.sink.flushed()  # what it printed is in the log when it is done
-        outcome, description = _judge(status, child.stop_reason, timeout)
+        outcome, description = judge(status, child.stop_reason, timeout)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "exited seq=%d job=%s run=%d callback=%s pid=%d status=%r outcome=%s"
@@ -257,10 +232,10 @@ class Runner:
         sink = child.drain.sink
         return RunResult(
             started, ended, status.exit_code, status.signal, outcome, description,
-            sink.truncated, sink.path, actions, child.pid,
+            sink.truncated, sink.path, actions, child.pid, left,
         )  # fmt: skip
 
-    async def _exit_status(self, child: _Child, grace: float) -> process.Status:
+    async def _exit_status(self, child: Child, settings: Settings) -> process.Status:
         """The child's Status. If its fork server died under it, the run is retried
         (ForkServerLost) after a cleanup, unless the daemon was stopping it anyway."""
         try:
@@ -271,83 +246,38 @@ class Runner:
             if child.stopper is not None:
                 await child.stopper
             await child.channel.aclose()
-            await self._reap_group(child, grace)
+            await self._release(child, settings, "fork server lost")
             raise
 
-    async def _settle_output(self, child: _Child, grace: float) -> None:
-        """After the leader's reap: the result waits for the output, not for grandchildren."""
-        if process.is_group_alive(child.pid):
-            self._own(self._reap_group(child, grace))  # awaited by aclose(), not by the caller
-        else:
-            await self._reap_group(child, grace, alive=False)
-
-    async def _reap_group(self, child: _Child, grace: float, alive: bool = True) -> None:
-        """Stop whatever the leader left in its process group, then finish the output.
-        ``alive=False``: the caller just saw the group empty (a group never refills)."""
-        if alive and process.is_group_alive(child.pid):
-            await process.stop_group(child.pid, grace, child.drain.eof)
-        if not child.drain.eof.done():
+    async def _release(self, child: Child, settings: Settings, stop: str | None) -> int:
+        """After the leader's reap, its group: how many of its processes are left running.
+        ``stop``: why the run was stopped (its group is stopped too), None if it ended."""
+        grace = settings.kill_grace
+        if process.is_group_alive(child.pid):  # the one check a run pays: nothing left?
+            child.drain.read_available()  # what the callback printed: the result waits for it
+            readers = self._readers(asyncio.get_running_loop())
+            return await self._background.adopt(
+                child.pid, child.drain, readers, grace=grace,
+                timeout=settings.background_timeout, context=child.context, stop=stop,
+            )  # fmt: skip
+        if not child.drain.eof.done():  # a group never refills: the pipe's end is near
             await asyncio.wait({child.drain.eof}, timeout=grace)
         if not child.drain.eof.done():
             log.warning(
                 "output still open after its group ended pid=%d (escaped process?)", child.pid
             )
         child.drain.close()
+        return 0
 
-    async def _finish(self, child: _Child, grace: float) -> None:
+    async def _finish(self, child: Child, settings: Settings) -> None:
         """Cleanup of a run whose caller went away (cancelled): reap, collect, close."""
         await asyncio.wait({child.exited})
         if child.stopper is not None:
             await child.stopper
         await child.channel.aclose()
-        await self._reap_group(child, grace)
-
-    def _stop(self, child: _Child, reason: str, grace: float) -> None:
-        """Start the stop policy on a child still running (timeout, shutdown)."""
-        if child.stopper is not None or child.exited.done():
-            return
-        child.stop_reason = reason
-        if reason == "timeout":
-            log.warning("timed out pid=%d", child.pid)
-        else:
-            log.warning("stopping pid=%d reason=%s", child.pid, reason)
-        child.stopper = asyncio.get_running_loop().create_task(
-            process.stop_group(child.pid, grace, child.exited)
-        )
+        await self._release(child, settings, "cancelled")
 
     def _own(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
-
-
-def _once(fn: Callable[[], None]) -> Callable[[], None]:
-    called = False
-
-    def once() -> None:
-        nonlocal called
-        if not called:
-            called = True
-            fn()
-
-    return once
-
-
-def _judge(status: process.Status, stop_reason: str | None, timeout: float) -> tuple[str, str]:
-    if stop_reason == "timeout":
-        return "timeout", f"timed out after {timeout:g} s"
-    if stop_reason is not None:
-        return "timeout", f"stopped at {stop_reason}"
-    if status.exit_code == 0:
-        return "ok", str(status)
-    return "failed", str(status)
-
-
-def _failed_start(req: RunRequest, started: float, why: str) -> RunResult:
-    log.warning(
-        "could not start seq=%d job=%s run=%d callback=%s reason=%s",
-        req.seq, req.owner, req.run_id, req.callback.file, why,
-    )  # fmt: skip
-    return RunResult(
-        started, time.time(), None, None, "error", f"could not start: {why}", False, None, (), None
-    )

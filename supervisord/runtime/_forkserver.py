@@ -25,24 +25,22 @@ both sides touch as little as they can per run.
 from __future__ import annotations
 
 import array
-import contextlib
-import ctypes
 import gc
 import importlib
 import json
 import json.scanner
 import os
-import resource
 import select
 import signal
 import socket
 import sys
-import types
 from dataclasses import dataclass
 from typing import Any, Final
 
-import _forkprep  # type: ignore[import-not-found]  # the runtime dir is sys.path[0] here
+import _forkchild  # type: ignore[import-not-found]  # the runtime dir is sys.path[0] here
+import _forkprep  # type: ignore[import-not-found]
 import _qbrun  # type: ignore[import-not-found]
+from _forkchild import FD_CEILING, Job, Script
 
 importlib.import_module("qb")  # in sys.modules before any fork: the children find it there
 
@@ -51,46 +49,9 @@ _CONTROL_FD: Final = 3
 MAX_REQUEST: Final = 1 << 16
 _FDS_PER_RUN: Final = 3
 _CMSG: Final = socket.CMSG_SPACE(_FDS_PER_RUN * 4)
-_FD_CEILING: Final = 1 << 20  # above any RLIMIT_NOFILE; close_range makes it free
-_PR_SET_PDEATHSIG: Final = 1
 _PR_SET_CHILD_SUBREAPER: Final = 36
-# Looked up once here, not in every child; without use_errno, whose bookkeeping costs a
-# child ~25 page faults: PR_SET_PDEATHSIG fails only for a bad signal number anyway.
-_prctl = ctypes.CDLL(None).prctl
 # What json.loads ends in (typeshed's make_scanner wants itself, not a decoder).
 _scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-# signal.signal() turns the old handler into an enum, which for a Python handler means a
-# failed enum lookup and a formatted ValueError: ~75 page faults in every child.
-_signal: Any = importlib.import_module("_signal")
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    """A callback file compiled once, with what its runs need to become ``__main__``.
-
-    ``main`` is used only by children, each on its own copy: made here once, it costs a
-    child a few copied pages instead of a module's allocations."""
-
-    path: str
-    dir: str
-    code: types.CodeType
-    main: types.ModuleType
-    shadowed: tuple[str, ...]  # modules the server has loaded that ``dir`` holds itself
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """What a forked child runs once it has left the server's loop."""
-
-    path: str
-    script: Script | None
-
-    def run(self) -> None:
-        script = self.script
-        if script is None:  # it did not compile: the child fails as ``python FILE`` does
-            _qbrun.run_script(self.path)
-        else:
-            _qbrun.run_script(script.path, script.code, script.main, script.dir, script.shadowed)
 
 
 @dataclass(slots=True)
@@ -180,7 +141,7 @@ class Server:
             self._send(f"E {rid} fork: {exc.strerror or exc}".encode())
             return None
         if pid == 0:
-            return self._become(rid, req, fds, job, err_w)
+            return _forkchild.become(self._control, self._pid, rid, req, fds, job, err_w)
         _close(fds)
         self._children[pid] = rid
         if err_r >= 0:
@@ -208,69 +169,6 @@ class Server:
         self._send(b"S %d %d" % (setup.rid, setup.pid))
         if setup.status is not None:
             self._send(b"X %d %d %d" % (setup.pid, setup.status, setup.rid))
-
-    def _become(
-        self, rid: int, req: dict[str, Any], fds: list[int], job: Job | None, err_w: int
-    ) -> Job:
-        """In the child: the contract of a run (SPEC §4), then the Job or an exec.
-
-        Every page written here is a copy, so the child does the least it can: the
-        server's objects (its epoll, pipes, control socket) are not closed one by one but
-        with their fds by close_range, and never finalized (the server is referenced from
-        main() until os._exit)."""
-        step = "set up"
-        try:
-            gc.freeze()  # the server's objects are not the callback's: its collection skips them
-            signal.set_wakeup_fd(-1)
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-            os.setsid()
-            if job is None:  # the error pipe is all it keeps of the server's
-                _take_fds(fds)
-                os.closerange(4, err_w)
-                os.closerange(err_w + 1, _FD_CEILING)
-            creds = req.get("creds")
-            if creds:
-                step = f"switch to uid {creds[0]}"
-                os.setgroups(creds[2])
-                os.setresgid(creds[1], creds[1], creds[1])
-            limits = req.get("limits")
-            if limits:
-                step = "set limits"
-                for which, value in limits:
-                    resource.setrlimit(which, (value, value))  # while still privileged
-            if creds:
-                step = f"switch to uid {creds[0]}"
-                os.setresuid(creds[0], creds[0], creds[0])
-            step = f"cwd {req['cwd']}"
-            os.chdir(req["cwd"])  # as the callback's user: it must be allowed in there
-            step = "parent death signal"  # after the switch, which would reset it
-            if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                raise OSError("prctl failed")
-            if os.getppid() != self._pid:
-                raise OSError("the fork server is gone")
-            if job is None:
-                step = req["argv"][0]
-                # Python ignores SIGPIPE and SIGXFSZ; an exec'd program (Perl, say) gets
-                # them at their defaults, as from the daemon's own spawns.
-                _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
-                _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
-                os.execve(req["argv"][0], req["argv"], req["env"])
-            self._send(b"S %d %d" % (rid, os.getpid()))  # fd 3 is still the control socket
-        except BaseException as exc:  # a child must never return to the loop
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            reason = f"{step}: {detail}".encode()
-            with contextlib.suppress(OSError):  # the daemon may be gone as well
-                if job is None:
-                    os.write(err_w, reason)
-                else:
-                    self._send(b"E %d %s" % (rid, reason))
-            os._exit(127)
-        try:
-            _take_fds(fds)  # fd 3 becomes the qb channel
-            os.closerange(4, _FD_CEILING)  # other children's fds, received fds, epoll...
-        except BaseException:  # not seen to happen; after its "S" it has no "E" to give
-            os._exit(127)
-        return job
 
     def _job(self, path: str) -> Job:
         """Cached code by (mtime, size, inode): an edit is seen by the next run. A file
@@ -337,20 +235,14 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _take_fds(fds: list[int]) -> None:
-    """In a child: stdin, output (as stdout and stderr) and the qb channel as fds 0-3."""
-    for target, fd in enumerate((fds[0], fds[1], fds[1], fds[2])):
-        os.dup2(fd, target)
-
-
 def _close(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
 
 
 def main() -> None:
-    os.closerange(_CONTROL_FD + 1, _FD_CEILING)  # whatever the daemon let leak (LISTEN_FDS)
-    if _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    os.closerange(_CONTROL_FD + 1, FD_CEILING)  # whatever the daemon let leak (LISTEN_FDS)
+    if _forkchild.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print("fork server: cannot become a subreaper", file=sys.stderr)
     control = socket.socket(fileno=_CONTROL_FD)
     server = Server(control)
