@@ -90,25 +90,6 @@ def test_missing_qbconf_exits_78(short_tmp: Path) -> None:
     assert out.returncode == 78 and "nope.conf" in out.stderr
 
 
-def test_read_only_state_dir_at_start_exits_78_as_nobody(short_tmp: Path) -> None:
-    root = make_tree({}, "", root=short_tmp)
-    state = root / "state"
-    state.mkdir()
-    os.chmod(root, 0o755)
-    os.chmod(state, 0o555)
-    for sub in ("run", "logs"):
-        (root / sub).mkdir()
-        os.chown(root / sub, 65534, 65534)
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-           "supervisord", "serve", "--config", str(root / "etc/qb.conf")]  # fmt: skip
-    out = subprocess.run(
-        cmd, env={**os.environ, "QBDIR": str(root)}, capture_output=True, text=True,
-        timeout=DEADLINE,
-    )  # fmt: skip
-    assert out.returncode == 78, out.stderr
-    assert "state" in out.stderr
-
-
 def test_sigterm_lets_running_callbacks_finish_and_keeps_queued_ones(
     daemon_factory: Callable[..., Daemon],
 ) -> None:

@@ -18,6 +18,7 @@ from supervisord.core.model import Callback, QcbCode, Settings
 from supervisord.core.qbconf import parse_qbconf
 from supervisord.core.qcb import parse_qcb
 from supervisord.core.triggers import terms_of
+from supervisord.daemon import runas
 
 # Compiling a few hundred files takes well under a second; a hung interpreter must
 # still not stop the daemon from starting or reloading forever.
@@ -66,6 +67,7 @@ class _Collector:
     warnings: list[str] = field(default_factory=list)
     errors: list[tuple[int, ConfigError]] = field(default_factory=list)
     python: list[tuple[int, str, Entry, str]] = field(default_factory=list)
+    dirs: dict[str, int] = field(default_factory=dict)  # real directory -> its path index
 
     def error(self, index: int, conf: str, line: int | None, reason: str) -> None:
         self.errors.append((index, ConfigError(conf, line, reason)))
@@ -105,8 +107,12 @@ def load_callbacks(settings: Settings, *, daemon_uid: int | None = None) -> Load
             found.warnings.append(f"{directory}: listed twice in the callback path (skipped)")
             continue
         seen.add(real)
+        found.dirs[real] = index
         _load_directory(found, index, directory, real)
     _compile_python(found)
+    for callback, reason in runas.check(settings, found.callbacks, found.uid):
+        conf = os.path.join(callback.dir, "callbacks.conf")
+        found.error(found.dirs[callback.dir], conf, callback.line, reason)
     if found.errors:
         ordered = sorted(found.errors, key=lambda item: (item[0], item[1].line or 0))
         partial = Loaded(tuple(found.callbacks), tuple(found.warnings))
