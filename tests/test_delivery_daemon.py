@@ -291,3 +291,15 @@ def test_status_cli_shows_the_per_callback_table(
     ]  # fmt: skip
     row = next(line for line in out.splitlines() if line.startswith("flaky.py"))
     assert "python" in row and "open until " in row
+
+
+def test_policy_timeout_overrides_the_global_one(daemon_factory: Callable[..., Daemon]) -> None:
+    slow = "import time\ntime.sleep(60)\n"
+    d = daemon_factory(
+        {"slow.py": slow, "policy.yaml": "slow.py:\n  timeout: 0.5\n"},
+        "slow.py = complete-job-self\n",
+    )
+    seq = d.request(event("complete", job=4))["seq"]
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    [run] = runs_of(d, 4)
+    assert (run["outcome"], run["description"]) == ("timeout", "timed out after 0.5 s")

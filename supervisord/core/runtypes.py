@@ -66,6 +66,7 @@ class RunRequest:
     attempt: int = 1  # QB_ATTEMPT: 1, more on a retry (SPEC §7.2)
     first_run_id: int | None = None  # the first attempt's run_id on a retry; None on it
     replayed: bool = False  # QB_REPLAYED: a run made by `replay` (SPEC §7.3)
+    timeout: float | None = None  # policy.yaml `timeout`; None: supervisor_callback_timeout
 
 
 @dataclass(frozen=True, slots=True)

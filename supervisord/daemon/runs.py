@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 from supervisord.core.matching import MatchState
 from supervisord.core.runtypes import RunRequest
 from supervisord.daemon.ops import Ops
+from supervisord.daemon.policies import Policies
 from supervisord.daemon.server import Connection
 from supervisord.journal.batch import Finished, Hold, Started
 from supervisord.journal.sequencer import Sequencer
@@ -27,6 +29,7 @@ class Runs:
     ops: Ops
     tails: set[Connection]
     stats: dict[str, Any]
+    policies: Policies
 
     async def query(self, fn: Callable[[Any, MatchState], Any]) -> Any:
         raise NotImplementedError
@@ -39,6 +42,9 @@ class Runs:
             # Queued before its breaker opened: back to the journal, held (SPEC §7.4).
             sequencer.submit(Hold(req))
             return
+        policy = self.policies.of(req.callback)
+        if policy.timeout is not None:  # policy.yaml overrides supervisor_callback_timeout
+            req = dataclasses.replace(req, timeout=policy.timeout)
         started = time.time()
 
         def on_start() -> None:

@@ -203,7 +203,7 @@ class Runner:
         self, req: RunRequest, child: Child, settings: Settings, started: float
     ) -> RunResult:
         loop = asyncio.get_running_loop()
-        timeout = settings.callback_timeout
+        timeout = settings.callback_timeout if req.timeout is None else req.timeout
         timer = None
         if timeout > 0:
             timer = loop.call_later(timeout, stop, child, "timeout", settings.kill_grace)
