@@ -21,8 +21,9 @@ import qb
 
 QBDIR = os.environ.get("QBDIR", "/usr/local/pfx/qube")
 DB_PATH = os.path.join(QBDIR, "state", "failures.db")
-# Several callbacks may write at once; wait for the lock rather than fail.
-BUSY_TIMEOUT_S = 30.0
+# Several callbacks may write at once: wait a little for the lock, then fail; the
+# delivery policy (policy.yaml) retries the run later instead of holding a slot.
+BUSY_TIMEOUT_S = 2.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (

@@ -216,6 +216,8 @@ def history_row(run: Mapping[str, Any], tz: tzinfo | None = None) -> list[str]:
         outcome += f" #{run['attempt']}"  # the delivery attempt (SPEC §7.2)
     if run.get("dead"):
         outcome += " dead"
+    if run.get("replayed"):
+        outcome += " replayed"
     return [
         str(run.get("run_id")),
         str(run.get("seq")),
