@@ -238,6 +238,9 @@ def test_round_robin_gives_the_next_slot_to_another_callback(
         (d.root / f"release-{job}").touch()
     last = d.request({"op": "status"})["last_seq"]
     assert d.request({"op": "wait", "seq": last, "timeout": DEADLINE})["done"]
+    runs = d.request({"op": "history"})["runs"]
+    order = [(r["callback"], r["job_id"]) for r in sorted(runs, key=lambda r: r["started"])]
+    assert order[:3] == [("hold.py", 1), ("mark.py", 100), ("hold.py", 2)]
     started = sorted(p.name for p in d.root.glob("started-*"))
     assert started == [f"started-{j}" for j in range(1, 6)]
 

@@ -31,6 +31,7 @@ class ReadyQueue:
         self.policy_of = policy_of  # swapped by reload; caps apply to runs not yet started
         self._queues: dict[str, deque[Ready]] = {}
         self._ring: deque[str] = deque()  # callbacks with runs waiting, in turn order
+        self._served: str | None = None  # the callback that had the last turn
         self._running: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._size = 0
@@ -47,7 +48,11 @@ class ReadyQueue:
         queue = self._queues.get(file)
         if queue is None:
             queue = self._queues[file] = deque()
-            self._ring.append(file)
+            ring = self._ring
+            if ring and ring[-1] == self._served:  # ahead of the one that just had its turn
+                ring.insert(len(ring) - 1, file)
+            else:
+                ring.append(file)
         queue.append((req, since))
         self._size += 1
 
@@ -65,6 +70,7 @@ class ReadyQueue:
             if not self._may_start(file, queue[0][0].callback, now):
                 continue
             item = queue.popleft()
+            self._served = file
             self._size -= 1
             if not queue:
                 del self._queues[file]
