@@ -306,3 +306,24 @@ def test_policy_timeout_overrides_the_global_one(daemon_factory: Callable[..., D
     assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
     [run] = runs_of(d, 4)
     assert (run["outcome"], run["description"]) == ("timeout", "timed out after 0.5 s")
+
+
+def test_reload_applies_a_new_policy_and_metrics_count_it(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    d = daemon_factory({"flaky.py": FLAKY}, "flaky.py = complete-job-self\n")
+    (d.root / "fail-1").touch()
+    seq = d.request(event("complete", job=1))["seq"]
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    assert attempts(d, 1) == ["1 0 0"]  # no policy: Qube's one attempt
+    policy = "flaky.py:\n  retries: 1\n  backoff: [0.05, 0.05]\n"
+    (d.root / "callback" / "policy.yaml").write_text(policy)
+    assert d.request({"op": "reload"})["ok"] is True
+    d.request(event("complete", job=2))
+    assert wait_for_file(d.root / "ok-2") == "2"
+    (d.root / "fail-2").touch()
+    d.request(event("complete", job=3))
+    until(lambda: d.request({"op": "dead"})["runs"], "a dead run")
+    lines = d.request({"op": "metrics"})["text"].splitlines()
+    assert "qbcallbacks_runs_retried_total 2" in lines
+    assert "qbcallbacks_runs_dead_total 1" in lines
