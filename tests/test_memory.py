@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from supervisord.core import registry as registry_module
+from supervisord.core import jobstore
 from supervisord.core.events import validate_event
 from supervisord.core.latches import Latches
 from supervisord.core.model import Callback, Event, Term
@@ -42,9 +42,10 @@ def test_jobs_with_the_same_keys_share_their_layout_and_repeated_strings() -> No
     reg = JobRegistry(100.0)
     for job_id in (1001, 1002):
         reg.observe(parsed("running-job", job_id, user="alice", label="render"))
-    one, two = reg._jobs[1001], reg._jobs[1002]
+    one, two = reg._find(1001), reg._find(1002)
+    assert one is not None and two is not None
     assert one[-1] is two[-1]  # the layout (keys) tuple
-    for a, b in zip(one[:-1], two[:-1], strict=True):
+    for a, b in zip(one[:-2], two[:-2], strict=True):
         if isinstance(a, str):
             assert a is b  # user, label, status: one object each
     assert reg.get(1001) == {"id": 1001, "user": "alice", "label": "render", "status": "running"}
@@ -77,7 +78,7 @@ def test_an_event_that_changes_nothing_writes_nothing(second: dict[str, Any], di
 
 def test_long_and_nested_values_are_kept_and_copied() -> None:
     reg = JobRegistry(100.0)
-    long = "x" * (registry_module._MAX_INTERNED + 1)
+    long = "x" * (jobstore.MAX_INTERNED + 1)
     reg.observe(event("submit-job", 3, notes=long, env={"A": [1, 2]}))
     job = reg.get(3)
     assert job is not None and job["notes"] == long
@@ -86,7 +87,7 @@ def test_long_and_nested_values_are_kept_and_copied() -> None:
 
 
 def test_many_key_layouts_start_the_table_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "_MAX_LAYOUTS", 4)
+    monkeypatch.setattr(jobstore, "MAX_LAYOUTS", 4)
     reg = JobRegistry(100.0)
     for i in range(10):
         reg.observe(event("submit-job", i, **{f"k{i}": i}))
@@ -99,14 +100,16 @@ def test_many_key_layouts_start_the_table_afresh(monkeypatch: pytest.MonkeyPatch
 def test_process_group_index_grows_and_shrinks_through_one_member() -> None:
     reg = JobRegistry(100.0)
     reg.observe(event("submit-job", 10))
-    assert reg._by_pgrp[10] == 10  # one member: the id itself, not a set
+    assert reg._pending_pgrp == {}  # a job leading its own process group needs no entry
     reg.observe(event("submit-job", 11, pgrp=10, pid=10))
+    assert reg._pending_pgrp[10] == 11  # one member: the id itself, not a set
     reg.observe(event("submit-job", 12, pgrp=10, pid=10))
     assert reg.pgrp_ids(10) == [10, 11, 12] and reg.children_of(10) == [11, 12]
     reg.observe(event("modified-job", 11, pgrp=11, pid=12))
     reg.observe(event("modified-job", 12, pgrp=11, pid=12))
-    assert reg.pgrp_ids(10) == [10] and reg._by_pgrp[10] == 10
-    assert reg.pgrp_ids(11) == [11, 12] and reg.children_of(12) == [11, 12]
+    assert reg.pgrp_ids(10) == [10] and 10 not in reg._pending_pgrp
+    assert reg.pgrp_ids(11) == [11, 12] and reg._pending_pgrp[11] == 12
+    assert reg.children_of(12) == [11, 12]
     assert reg.children_of(10) == []
     reg.observe(event("complete-job", 10, time=1.0))
     assert reg.expire(1000.0) == [10] and reg.pgrp_ids(10) == []

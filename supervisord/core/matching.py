@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from supervisord.core.clock import TIME_TYPES, ClockState
+from supervisord.core.jobstore import JobStore
 from supervisord.core.latches import Latches
 from supervisord.core.matchindex import Candidates, Table, state_key
 from supervisord.core.model import And, Callback, Event, Expr, Firing, Term
@@ -19,10 +20,11 @@ __all__ = [
 
 
 class MatchState:
-    """Everything matching remembers between events; persisted through the take_dirty calls."""
+    """Everything matching remembers between events; persisted through the take_dirty calls
+    (the registry through ``jobs``, where every job lives: in the daemon, the journal)."""
 
-    def __init__(self, retention: float) -> None:
-        self.registry = JobRegistry(retention)
+    def __init__(self, retention: float, jobs: JobStore | None = None) -> None:
+        self.registry = JobRegistry(retention, jobs)
         self.latches = Latches()
         self.clock = ClockState()
 

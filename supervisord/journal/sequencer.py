@@ -174,6 +174,8 @@ class Sequencer(Numbering):
         batch = Batch()
         saved = dict(self.counters)
         readable = self._begin(items, batch)
+        events = (e for i in items if isinstance(i, Intake) for e in i.events)
+        self.state.registry.prefetch(e.job_id for e in events)  # the batch's jobs, one read
         queries: list[Query] = []
         ticked = False
         for item in items:
@@ -195,7 +197,7 @@ class Sequencer(Numbering):
         # Arms terms seen for the first time (at start, after a reload): stored with this
         # batch, even one with nothing else to write, so that a quiet stop forgets no time.
         deadline = self._next_deadline(now)
-        if batch.is_write() or self.state.clock.is_dirty() or self.book.is_dirty():
+        if batch.is_write() or self._state_dirty():
             if not (readable and self._commit(batch)):
                 self.counters = saved
                 self._fail(batch, saved["last_seq"])
@@ -204,6 +206,10 @@ class Sequencer(Numbering):
         for query in queries:  # after the commit: a query sees every write queued before it
             self._query(query, batch)
         self._loop.call_soon_threadsafe(self._deliver, batch, deadline)
+
+    def _state_dirty(self) -> bool:
+        s = self.state
+        return s.clock.is_dirty() or s.registry.is_dirty() or self.book.is_dirty()
 
     def _begin(self, items: list[Any], batch: Batch) -> bool:
         """Open the commit's transaction and look up which client event ids of the batch
@@ -372,9 +378,8 @@ class Sequencer(Numbering):
                 state.save_breakers(db, breakers)
                 batch.breakers = self.book.snapshot()
             s = self.state
-            state.save_state(
-                db, s.registry.take_dirty(), s.latches.take_dirty(), s.clock.take_dirty()
-            )
+            s.registry.flush()  # through state.JournalJobs, into this transaction
+            state.save_state(db, s.latches.take_dirty(), s.clock.take_dirty())
             changed = {k: v for k, v in self.counters.items() if self._stored[k] != v}
             if changed.keys() - store.EVENT_COUNTERS:
                 store.write_meta(db, changed)
@@ -415,8 +420,8 @@ class Sequencer(Numbering):
         self._load_state(self._db)
 
     def _load_state(self, db: sqlite3.Connection) -> None:
-        self.state = MatchState(self.settings.job_retention)
-        self.state.registry.load(state.load_jobs(db))
+        # Jobs stay in the journal: the registry reads them there, caching only hot ones.
+        self.state = MatchState(self.settings.job_retention, state.JournalJobs(db))
         self.state.latches.load(state.load_latches(db))
         self.state.clock.load(state.load_clock(db))
         self.book.load(db)

@@ -4,26 +4,71 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from itertools import chain, islice
+from typing import Any, Final
 
-from supervisord.journal.store import dumps, many
+from supervisord.core.jobstore import LoadedJob, StoredJob
+from supervisord.journal.store import INSERT_CHUNK, dumps, many
+
+_JOB_ROW: Final = "(?, ?, ?, ?, ?)"
+_INSERT_JOB: Final = f"INSERT OR REPLACE INTO jobs (id, doc, done_at, pgrp, pid) VALUES {_JOB_ROW}"
+_INSERT_JOBS: Final = _INSERT_JOB.replace(_JOB_ROW, ", ".join([_JOB_ROW] * INSERT_CHUNK))
+# Ids per `IN (...)` read: SQLite's bound-parameter limit is 999 and up.
+_READ_CHUNK: Final = 500
+
+
+class JournalJobs:
+    """The job registry's store (core.jobstore.JobStore): the journal's `jobs` table, read
+    and written on the sequencer thread; writes go into the batch's commit."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def max_id(self) -> int:
+        return int(self._db.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0)
+
+    def rows(self, ids: Sequence[int]) -> list[LoadedJob]:
+        found: list[LoadedJob] = []
+        for i in range(0, len(ids), _READ_CHUNK):
+            chunk = ids[i : i + _READ_CHUNK]
+            sql = f"SELECT id, doc, done_at FROM jobs WHERE id IN ({','.join('?' * len(chunk))})"
+            found += [(j, json.loads(doc), at) for j, doc, at in self._db.execute(sql, chunk)]
+        return found
+
+    def ids_with(self, column: str, value: int) -> list[int]:
+        sql = f"SELECT id FROM jobs WHERE {'pgrp' if column == 'pgrp' else 'pid'} = ?"
+        return [i for (i,) in self._db.execute(sql, (value,))]
+
+    def all_ids(self) -> list[int]:
+        return [i for (i,) in self._db.execute("SELECT id FROM jobs")]
+
+    def done_by(self, cutoff: float, limit: int) -> list[tuple[int, float]]:
+        sql = "SELECT id, done_at FROM jobs WHERE done_at <= ? ORDER BY done_at LIMIT ?"
+        return self._db.execute(sql, (cutoff, limit)).fetchall()
+
+    def write(self, rows: Iterable[StoredJob]) -> None:
+        """INSERT_CHUNK jobs a statement, as store.insert_events does, encoded chunk by chunk
+        (a batch's worth of encoded jobs at once would stay as heap the daemon keeps)."""
+        db, rows = self._db, iter(rows)
+        while chunk := list(islice(rows, INSERT_CHUNK)):
+            kept = [
+                (i, dumps(job), at, pgrp, pid) for i, job, at, pgrp, pid in chunk if job is not None
+            ]
+            if len(kept) == INSERT_CHUNK:
+                db.execute(_INSERT_JOBS, tuple(chain.from_iterable(kept)))
+            else:
+                many(db, _INSERT_JOB, kept)
+            many(db, "DELETE FROM jobs WHERE id = ?", [(r[0],) for r in chunk if r[1] is None])
 
 
 def save_state(
     db: sqlite3.Connection,
-    jobs: dict[int, dict[str, Any] | None],
     latches: dict[tuple[str, int | None], frozenset[int] | None],
     clock: dict[Any, Any],
 ) -> None:
-    """Persist what the matcher changed in this batch (None means deleted)."""
-    if jobs:
-        many(
-            db,
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-            [(k, dumps(v)) for k, v in jobs.items() if v is not None],
-        )
-        many(db, "DELETE FROM jobs WHERE id = ?", [(k,) for k, v in jobs.items() if v is None])
+    """Persist what the matcher changed in this batch (None means deleted); the registry
+    writes its own through JournalJobs."""
     if latches:
         many(
             db,
@@ -46,10 +91,6 @@ def save_state(
             "DELETE FROM clock WHERE key = ?",
             [(dumps(k),) for k, v in clock.items() if v is None],
         )
-
-
-def load_jobs(db: sqlite3.Connection) -> Iterable[tuple[int, dict[str, Any]]]:
-    return [(int(i), json.loads(d)) for i, d in db.execute("SELECT id, doc FROM jobs")]
 
 
 def load_latches(db: sqlite3.Connection) -> Iterable[tuple[tuple[str, int | None], frozenset[int]]]:

@@ -11,9 +11,11 @@ from itertools import chain
 from typing import Any, Final
 
 from supervisord.core.errors import StoreError
+from supervisord.core.jobstore import row_parts, stored_job
 
 # 2: runs gained attempt, first_run_id, due, dead, replayed, left_running; breakers.
-SCHEMA_VERSION: Final = 2
+# 3: jobs gained pgrp, pid and done_at columns, indexed (see _migrate_jobs).
+SCHEMA_VERSION: Final = 3
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,7 +39,8 @@ CREATE TABLE IF NOT EXISTS actions (
     action_id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL, seq INTEGER NOT NULL,
     callback TEXT NOT NULL, job_id INTEGER, action TEXT NOT NULL, target TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS actions_seq ON actions(seq);
-CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, doc TEXT NOT NULL, pgrp INTEGER, pid INTEGER, done_at REAL);
 CREATE TABLE IF NOT EXISTS latches (
     cb_key TEXT NOT NULL, owner INTEGER, terms TEXT NOT NULL, PRIMARY KEY (cb_key, owner));
 CREATE TABLE IF NOT EXISTS clock (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,6 +50,9 @@ CREATE TABLE IF NOT EXISTS breakers (callback TEXT PRIMARY KEY, doc TEXT NOT NUL
 _INDEXES: Final = """
 CREATE INDEX IF NOT EXISTS runs_waiting ON runs(state, due) WHERE state IN ('retrying', 'held');
 CREATE INDEX IF NOT EXISTS runs_dead ON runs(callback, run_id) WHERE dead = 1;
+CREATE INDEX IF NOT EXISTS jobs_pgrp ON jobs(pgrp) WHERE pgrp IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_pid ON jobs(pid) WHERE pid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs(done_at) WHERE done_at IS NOT NULL;
 """
 # Columns schema 2 added to `runs`, for journals written by schema 1.
 _RUN_COLUMNS_2: Final = (
@@ -122,7 +128,23 @@ def _migrate(db: sqlite3.Connection) -> None:
     for column in _RUN_COLUMNS_2:
         if column.split()[0] not in have:
             db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    if "done_at" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:
+        _migrate_jobs(db)
     write_meta(db, {"schema": SCHEMA_VERSION})
+
+
+def _migrate_jobs(db: sqlite3.Connection) -> None:
+    """Schema 3: rows `{"job": {...}, "done_at": t}` become the job and its columns."""
+    db.execute("BEGIN IMMEDIATE")
+    for column in ("pgrp INTEGER", "pid INTEGER", "done_at REAL"):
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+    for i, doc in db.execute("SELECT id, doc FROM jobs").fetchall():
+        _, job, done_at, pgrp, pid = stored_job(int(i), *row_parts(json.loads(doc)))
+        db.execute(
+            "UPDATE jobs SET doc = ?, done_at = ?, pgrp = ?, pid = ? WHERE id = ?",
+            (dumps(job), done_at, pgrp, pid, i),
+        )
+    db.execute("COMMIT")
 
 
 def read_counters(db: sqlite3.Connection) -> dict[str, int]:
