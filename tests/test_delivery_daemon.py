@@ -327,3 +327,20 @@ def test_reload_applies_a_new_policy_and_metrics_count_it(
     lines = d.request({"op": "metrics"})["text"].splitlines()
     assert "qbcallbacks_runs_retried_total 2" in lines
     assert "qbcallbacks_runs_dead_total 1" in lines
+
+
+def test_removing_a_breaker_from_the_policy_releases_its_held_runs(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    policy = "flaky.py:\n  breaker: {failures: 1, cooldown: 3600}\n"
+    d = daemon_factory({"flaky.py": FLAKY, "policy.yaml": policy}, "flaky.py = complete-job-self\n")
+    (d.root / "fail-always").touch()
+    seq = d.request(event("complete", job=1))["seq"]
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    assert d.request(event("complete", job=2))["matched"] == ["flaky.py"]
+    assert d.request({"op": "status"})["runs_held"] == 1
+    (d.root / "fail-always").unlink()
+    (d.root / "callback" / "policy.yaml").write_text("flaky.py:\n  retries: 0\n")
+    assert d.request({"op": "reload"})["ok"] is True
+    assert wait_for_file(d.root / "ok-2") == "1"
+    assert d.request({"op": "status"})["breakers"] == []

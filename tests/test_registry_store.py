@@ -24,7 +24,7 @@ from supervisord.core.model import QUBE_EPOCH, Callback, Event
 from supervisord.core.registry import JobRegistry
 from supervisord.core.timers import due_events, next_deadline
 from supervisord.core.triggers import parse_trigger, terms_of
-from supervisord.journal import store
+from supervisord.journal import schema, store
 from supervisord.journal.state import JournalJobs
 
 RETENTION = 100.0
@@ -297,7 +297,7 @@ def old_journal(path: Path, version: int) -> None:
 def test_journals_of_schema_1_and_2_migrate_in_place(tmp_path: Path, version: int) -> None:
     old_journal(tmp_path, version)
     db = store.connect(str(tmp_path), "off")
-    assert store.read_flag(db, "schema") == str(store.SCHEMA_VERSION) == "3"
+    assert store.read_flag(db, "schema") == str(schema.SCHEMA_VERSION) == "3"
     assert db.execute("SELECT attempt, dead, left_running FROM runs").fetchall() == [(1, 0, 0)]
     rows = db.execute("SELECT id, doc, pgrp, pid, done_at FROM jobs ORDER BY id").fetchall()
     assert [(i, json.loads(d), g, p, t) for i, d, g, p, t in rows] == [

@@ -85,8 +85,8 @@ class Reloading:
             log.warning("supervisor_event_socket changed; it takes effect at the next start")
         self.table = Table(loaded.callbacks)
         assert self.sequencer is not None
-        self.sequencer.table = self.table  # one assignment: the next batch matches on it
-        self.apply_policies(policies)  # to runs not yet started (SPEC §7.1)
+        self.apply_policies(policies)  # to runs not yet started (SPEC §7.1); before the table,
+        self.sequencer.table = self.table  # whose swap makes the next batch prune breakers
         self.settings = settings
         self.sequencer.settings = settings
         self.runner.update(settings)

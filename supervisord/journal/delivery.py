@@ -140,6 +140,13 @@ class Book:
             log.info("breaker closed callback=%s (half-open trial ok)", file)
             self._releasing.add(file)
 
+    def prune(self, callbacks: Iterable[Callback]) -> None:
+        """Close the breakers of callbacks whose policy has no breaker any more (or that are
+        gone), so their held runs are released rather than held for ever."""
+        keep = {cb.file for cb in callbacks if self.policy_of(cb).breaker is not None}
+        for file in [f for f in self.breakers if f not in keep]:
+            self.resume(file)
+
     def resume(self, file: str) -> str:
         """``qbsupervisor resume``: close the breaker now; returns the state it had."""
         before = self.breakers.get(file, CLOSED)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import queue
 import sqlite3
@@ -12,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from supervisord.core.errors import ConfigErrors, QbError, StoreError
+from supervisord.core.errors import StoreError
 from supervisord.core.matching import MatchState, Table
 from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
@@ -21,35 +20,26 @@ from supervisord.journal import reads, state, store
 from supervisord.journal.batch import (
     Batch,
     Finished,
-    Hold,
     Intake,
     Query,
-    Replay,
-    Resume,
     Started,
     Tick,
 )
-from supervisord.journal.delivery import Book, retry_row
+from supervisord.journal.delivery import Book
+from supervisord.journal.handover import Handover
 from supervisord.journal.intake import Numbering
-from supervisord.journal.recovery import recover_runs, request_of, resolve_callback
+from supervisord.journal.policyrun import PolicyRuns
+from supervisord.journal.recovery import recover_runs
 
 log = logging.getLogger(__name__)
 
 # Rows deleted per prune step: small enough that one step never stalls a commit noticeably.
 PRUNE_CHUNK: Final = 2000
-# Runs one replay request may make: `replay --dead` after a long outage stays one commit.
-REPLAY_LIMIT: Final = 100_000
-# Seconds run start/end records may wait for company before their commit (see _linger).
-RUN_RECORD_LINGER: Final = 0.02
-# Run records alone wait this long on the loop before they are handed over: every hand-over
-# wakes the journal thread, and on a host busy with callbacks each wake-up can cost the
-# loop its CPU (two per run cost ~15 % of the loop thread in bench/b_e2e.py).
-RECORD_HANDOVER_DELAY: Final = 0.01
 # How often retention pruning and registry expiry run, in seconds.
 HOUSEKEEPING_INTERVAL: Final = 30.0
 
 
-class Sequencer(Numbering):
+class Sequencer(Handover, Numbering, PolicyRuns):
     """Owns the journal connection and the matcher state. Only its thread touches them."""
 
     def __init__(
@@ -78,6 +68,7 @@ class Sequencer(Numbering):
         self._id_prefix = "qb-"
         self._last_error = ""  # why the last commit failed, for the refusals it causes
         self.book = Book()  # the delivery policy's state (SPEC §7); policy_of set by the daemon
+        self._book_table: Table | None = None  # the table the breakers were last pruned for
         self.open_breakers: dict[str, dict[str, Any]] = {}  # on the loop: breakers not closed
 
     # -- lifecycle (called from the loop thread) -------------------------------------------
@@ -96,30 +87,6 @@ class Sequencer(Numbering):
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="qb-sequencer", daemon=True)
         self._thread.start()
-
-    def submit(self, item: Any) -> None:
-        """Queue work, from the loop thread. What one loop iteration submits goes over in
-        one hand-over after it: eight clients answered at once send eight events that wake
-        this thread once and share one commit, instead of the first of them committing
-        alone while the loop is still reading the others."""
-        record = isinstance(item, Started | Finished)
-        with self._outbox_lock:
-            self._outbox.append(item)
-            soon = not record and not self._soon
-            later = record and not self._soon and not self._later
-            self._soon |= soon
-            self._later |= later
-        if soon:
-            self._loop.call_soon(self._hand_over)
-        elif later:  # run records may wait a little: they share a wake-up with others
-            self._loop.call_later(RECORD_HANDOVER_DELAY, self._hand_over)
-
-    def _hand_over(self) -> None:
-        with self._outbox_lock:
-            items, self._outbox = self._outbox, []
-            self._soon = self._later = False
-        if items:
-            self._queue.put(items)
 
     def stop(self, clean: bool) -> None:
         """Finish every queued item, then close the journal. Blocking: call from a thread."""
@@ -145,30 +112,11 @@ class Sequencer(Numbering):
             if stopping:
                 return
 
-    def _drain(self, items: list[Any]) -> None:
-        while True:
-            try:
-                items += self._queue.get_nowait()
-            except queue.Empty:
-                return
-
-    def _linger(self, items: list[Any]) -> None:
-        """Run records alone need no prompt commit: an unrecorded start or end only means a
-        run may be repeated after a crash, which at-least-once allows. Gather them for up to
-        RUN_RECORD_LINGER so one fsync serves many runs; anything else ends the wait."""
-        deadline = time.monotonic() + RUN_RECORD_LINGER
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                more = self._queue.get(timeout=left)
-            except queue.Empty:
-                return
-            items += more
-            if not all(isinstance(i, Started | Finished) for i in more):
-                self._drain(items)
-                return
-
     def _run_batch(self, items: list[Any]) -> None:
         assert self._db is not None
+        if self.table is not self._book_table:  # a reload swapped the table (and policies)
+            self._book_table = self.table
+            self.book.prune(self.table.callbacks)
         now = time.time()
         self._housekeeping(now)  # its own statements, before this batch's transaction
         batch = Batch()
@@ -237,29 +185,6 @@ class Sequencer(Numbering):
             except sqlite3.Error as exc:
                 log.error("journal rollback failed error=%s", exc)
 
-    def _finish(self, item: Finished, batch: Batch) -> None:
-        r, req = item.result, item.req
-        actions = [{"action": a.action, "target": a.target} for a in r.actions]
-        ending = self.book.finished(req, r)
-        batch.finished.append(
-            (r.started, r.ended, r.exit_code, r.signal, r.outcome, r.description,
-             int(r.truncated), r.log, store.dumps(actions), int(ending.dead), r.left_running,
-             req.run_id)
-        )  # fmt: skip
-        if ending.retry_due is not None:
-            run_id = self.counters["last_run_id"] = self.counters["last_run_id"] + 1
-            batch.policy_runs.append(retry_row(req, run_id, ending.retry_due))
-            self.counters["runs_retried"] += 1
-        if ending.dead:
-            self.counters["runs_dead"] += 1
-        for a in r.actions:
-            batch.actions.append(
-                (req.run_id, req.seq, req.callback.file, req.owner, a.action, a.target)
-            )
-        self.counters["runs_total"] += 1
-        if r.outcome != "ok":
-            self.counters["runs_failed"] += 1
-
     def _query(self, item: Query, batch: Batch) -> None:
         assert self._db is not None
         try:
@@ -272,82 +197,6 @@ class Sequencer(Numbering):
         clock = next_deadline(self.table, self.state.clock, now)
         due = self.book.next_deadline(now)
         return due if clock is None else clock if due is None else min(clock, due)
-
-    # -- the delivery policy (SPEC §7) -----------------------------------------------------
-
-    def _policy_item(self, item: Any, batch: Batch, now: float) -> None:
-        if isinstance(item, Hold):
-            batch.moves.append(("held", item.req.run_id))
-            self.book.note_held(item.req.callback.file)
-        elif isinstance(item, Resume):
-            batch.results.append((item.future, self.book.resume(item.callback)))
-        elif isinstance(item, Replay):
-            self._replay(item, batch)
-
-    def _transaction(self) -> bool:
-        assert self._db is not None
-        if self._db.in_transaction:
-            return True
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._journal_failed(exc, 0)
-            return False
-        return True
-
-    def _collect_due(self, now: float, batch: Batch) -> None:
-        """Due retries, breaker trials and released held runs go to the run queue."""
-        due = self.book.next_deadline(now)
-        if due is None or due > now or not self._transaction():
-            return
-        assert self._db is not None
-        batch.touched = True
-        try:
-            rows = list(self.book.collect_due(self._db, now))
-        except sqlite3.Error as exc:
-            log.error("cannot read due runs error=%s", exc)
-            return
-        for row in rows:
-            request = self._request(row, batch)
-            if request is not None:
-                batch.new_requests.append(request)
-
-    def _request(self, row: store.RunRow, batch: Batch, **change: Any) -> RunRequest | None:
-        """A stored run as a request; a callback that no longer loads ends it as an error."""
-        try:
-            cb = resolve_callback(row.cb, self.table)
-        except (OSError, QbError, ConfigErrors) as exc:
-            reason = f"cannot run: callback {row.cb['file']} no longer loads: {exc}"
-            run_id = change.get("run_id", row.run_id)
-            batch.finished.append(store.error_row(reason, run_id))
-            return None
-        request = request_of(row, cb)
-        return dataclasses.replace(request, **change) if change else request
-
-    def _replay(self, item: Replay, batch: Batch) -> None:
-        """New runs of stored runs' callbacks for their events, marked replayed (§7.3)."""
-        assert self._db is not None
-        ids = reads.replay_sources(self._db, item.selector, REPLAY_LIMIT)
-        marks = ",".join("?" * len(ids))
-        rows = store.run_rows(self._db, f"r.run_id IN ({marks}) ORDER BY r.run_id", ids)
-        made: list[int] = []
-        for row in rows:
-            run_id = self.counters["last_run_id"] = self.counters["last_run_id"] + 1
-            req = self._request(row, batch, run_id=run_id, attempt=1, first_run_id=None,
-                                replayed=True, redelivered=False)  # fmt: skip
-            held = self.book.is_held(row.cb["file"])
-            batch.policy_runs.append(
-                (run_id, row.seq, row.event_id, row.cb["file"], row.cb["key"],
-                 store.dumps(row.cb), row.owner, store.dumps(row.job),
-                 "held" if held else "pending", 1, None, None, 1)
-            )  # fmt: skip
-            made.append(run_id)
-            if held:
-                self.book.note_held(row.cb["file"])
-            elif req is not None:
-                batch.new_requests.append(req)
-        log.info("replay selector=%s runs=%s", item.selector, made)
-        batch.results.append((item.future, {"run_ids": made, "sources": ids}))
 
     def _housekeeping(self, now: float) -> None:
         if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
