@@ -1,4 +1,5 @@
-"""Pipelined durable intake of events matching nothing, against the same server without fsync."""
+"""Pipelined durable intake: workload I of issue 16 against a parse-only server in the same
+run; events cycling over known jobs, against the same daemon without fsync."""
 
 from __future__ import annotations
 
@@ -19,9 +20,86 @@ from common import (
     ratios,
 )
 from loops import auto_loop
+from rawintake import RawIntake
 
 GOAL = 100_000.0
 SYNCS = ("full", "off")
+# Workload I (issue 16): its size and its goal, a ratio to the parse-only server.
+I_EVENTS = 100_000
+I_GOAL = 0.35
+
+
+def payload_i(n: int, prefix: str, base: int) -> bytes:
+    """`complete-job` events, each on a new job and with its own event_id."""
+    return encode_lines(
+        {
+            "op": "event",
+            "event_id": f"{prefix}-{i}",
+            "name": "complete",
+            "type": "job",
+            "job": {"id": base + i + 1},
+        }
+        for i in range(n)
+    )
+
+
+def raw_rate(sock: str, data: bytes, n: int) -> float:
+    """The same pipelined client against the parse-only server: events/s to the last ack."""
+    with Client(sock) as client:
+        t0 = time.perf_counter()
+        replies = client.pipeline(data, n)
+        elapsed = time.perf_counter() - t0
+    if replies[-1] != b"ok\n":
+        raise RuntimeError(f"unexpected reply {replies[-1]!r}")
+    return n / elapsed
+
+
+def workload_i(cfg: Config, section: Section) -> None:
+    """I: 100,000 events on one connection, pipelined from a sender thread while the client
+    reads the acks, every event a new job with its own event_id, the only callback on
+    removed-job-self; against the parse-only protocol server on the same loop, same run."""
+    n, reps = I_EVENTS, cfg.pick(1, 3)
+    with ExitStack() as stack:
+        targets = {
+            f"daemon/{loop}": stack.enter_context(
+                Tree(loop, {"cb.pl": "exit 0;\n"}, "cb.pl = removed-job-self\n")
+            ).sock
+            for loop in cfg.loops
+        }
+        targets |= {
+            f"parse-only/{loop}": stack.enter_context(RawIntake(loop)).sock for loop in cfg.loops
+        }
+
+        def measure(variant: str, rep: int) -> float:
+            data = payload_i(n, f"i{rep}", rep * n)
+            if variant.startswith("parse-only"):
+                return raw_rate(targets[variant], data, n)
+            with Client(targets[variant]) as client:
+                t0 = time.perf_counter()
+                replies = client.pipeline(data, n)
+                elapsed = time.perf_counter() - t0
+            last = json.loads(replies[-1])
+            if not last.get("ok") or last.get("matched") or last.get("duplicate"):
+                raise RuntimeError(f"unexpected reply {last}")
+            return n / elapsed
+
+        res = interleave(reps, list(targets), measure)
+    section.raw["I"] = res
+    for loop in cfg.loops:
+        daemon, raw = res[f"daemon/{loop}"], res[f"parse-only/{loop}"]
+        section.rows.append(
+            [f"I: durable intake, {loop}", fmt_mmm(daemon), fmt_mmm(raw),
+             fmt_mmm(ratios(daemon, raw)), f"≥ {I_GOAL}x"]
+        )  # fmt: skip
+        section.loops.setdefault("I durable intake events/s", {})[loop] = median(daemon)
+    auto = auto_loop() if auto_loop() in cfg.loops else cfg.loops[0]
+    daemon, raw = res[f"daemon/{auto}"], res[f"parse-only/{auto}"]
+    got = median(ratios(daemon, raw))
+    section.goal(
+        f"I: durable intake ≥ {I_GOAL}x the parse-only protocol server ({auto})",
+        f"{got:.2f}x ({median(daemon):,.0f}/s vs {median(raw):,.0f}/s)",
+        got >= I_GOAL,
+    )
 
 
 def payload(n: int, prefix: str) -> bytes:
@@ -88,7 +166,12 @@ def depth(cfg: Config, section: Section) -> None:
 def run(cfg: Config) -> Section:
     section = Section(
         "intake",
-        "Pipelined durable intake, events matching nothing (events/s)",
+        "I: pipelined durable intake against a parse-only server (events/s)",
+        ["workload", "daemon events/s", "parse-only events/s", "ratio (per rep)", "goal"],
+    )
+    workload_i(cfg, section)
+    rows = section.table(
+        "Events cycling over 5,000 known jobs, journal_sync full against off (events/s)",
         ["loop", "journal_sync=full events/s", "journal_sync=off events/s", "full / off (per rep)"],
     )
     variants = {
@@ -100,7 +183,7 @@ def run(cfg: Config) -> Section:
     section.raw["rates"] = res
     for loop in cfg.loops:
         full, off = res[f"full/{loop}"], res[f"off/{loop}"]
-        section.rows.append([loop, fmt_mmm(full), fmt_mmm(off), fmt_mmm(ratios(full, off))])
+        rows.append([loop, fmt_mmm(full), fmt_mmm(off), fmt_mmm(ratios(full, off))])
         section.loops.setdefault("durable intake events/s", {})[loop] = median(full)
     auto = auto_loop() if auto_loop() in cfg.loops else cfg.loops[0]
     got = median(res[f"full/{auto}"])
@@ -108,8 +191,15 @@ def run(cfg: Config) -> Section:
     section.goal(f"≥ {GOAL:,.0f} events/s durable ({auto})", f"{got:,.0f}/s", got >= GOAL)
     section.goal("ratio to journal_sync=off (report)", f"{ratio:.2f}x", None)
     depth(cfg, section)
-    section.notes.append(
-        "one connection pipelines every event (sender thread) while the client reads replies; "
-        "a reply is sent only once its event is committed"
-    )
+    section.notes += [
+        f"I (issue 16): {I_EVENTS:,} `complete-job` events on one connection, each a new job "
+        "with its own event_id, pipelined from a sender thread while the client reads the "
+        "acks, timed from the first byte sent to the last ack read; the only callback "
+        "listens for removed-job-self, so nothing runs; parse-only = an asyncio.Protocol "
+        "server on the same loop that json.loads every line and writes one `ok` line per "
+        "line, no journal (bench/rawintake.py, our limits' `protocol` server), same client, "
+        "same bytes, interleaved rep by rep",
+        "second table: one connection pipelines every event (sender thread) while the client "
+        "reads replies; a reply is sent only once its event is committed",
+    ]
     return section

@@ -123,16 +123,26 @@ class Daemon:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return -1
+        return rss_kib(self.pid)
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(f"/proc/{self.pid}/stat")
+
+    def thread_cpu_s(self) -> dict[str, float]:
+        """CPU seconds by thread: `loop` (the main thread, which runs the event loop) and
+        `threads` (the journal writer, spawn threads, log writer, all the others)."""
+        out = {"loop": 0.0, "threads": 0.0}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                cpu = proc_cpu_s(f"/proc/{self.pid}/task/{tid}/stat")
+            except OSError:  # the thread ended meanwhile
+                continue
+            out["loop" if int(tid) == self.pid else "threads"] += cpu
+        return out
+
+    def tree_rss_kib(self) -> int:
+        """VmRSS of the daemon plus every live descendant (its fork server, when idle)."""
+        return sum(rss_kib(pid) for pid in [self.pid, *descendants(self.pid)])
 
     def stop(self) -> int:
         if self.proc is None:
@@ -149,6 +159,45 @@ class Daemon:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+
+def proc_cpu_s(stat_path: str) -> float:
+    """utime + stime of a process or thread, from its /proc stat file."""
+    with open(stat_path) as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:  # gone
+        return 0
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children of children ...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 class Tree:
@@ -316,21 +365,37 @@ class Section:
     raw: dict[str, Any] = field(default_factory=dict)
     loops: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> loop -> median
     seconds: float = 0.0
+    # More tables after the first: (title, headers, rows) — the figures kept from before
+    # a workload of issue 16 took the section's first table.
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
 
     def goal(self, what: str, got: str, met: bool | None) -> None:
+        """``what`` starting with a workload's name and a colon (``P: ...``, ``8 clients:``)
+        puts the goal in the workloads table at the top of the results as well."""
         self.goals.append((what, got, met))
+
+    def table(self, title: str, headers: list[str]) -> list[list[str]]:
+        """A further table; returns its rows, to append to."""
+        rows: list[list[str]] = []
+        self.tables.append((title, headers, rows))
+        return rows
 
     def markdown(self) -> str:
         out = [f"### {self.title}", ""]
-        out.append("| " + " | ".join(self.headers) + " |")
-        out.append("|" + "---|" * len(self.headers))
-        out += ["| " + " | ".join(row) + " |" for row in self.rows]
+        out += _table(self.headers, self.rows)
+        for title, headers, rows in self.tables:
+            out += ["", f"**{title}**", "", *_table(headers, rows)]
         out += [""] + [f"- {note}" for note in self.notes]
         for what, got, met in self.goals:
             mark = "n/a" if met is None else ("MET" if met else "MISSED")
             out.append(f"- goal {what}: {got} — **{mark}**")
         out.append(f"- took {self.seconds:.0f} s")
         return "\n".join(out) + "\n"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return out + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def interleave(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import time
 import traceback
@@ -25,10 +26,15 @@ BENCHMARKS = (
     "rss",
     "crash",
     "inline",
+    "policy",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 # Metrics where a smaller number is better (latencies, memory); the rest are rates.
 LOWER_IS_BETTER = ("ms", "MiB")
+# The workloads of issue 16, in the order of its table: a goal whose text starts with one of
+# these and a colon goes in the workloads table at the top of the results.
+WORKLOADS = ("P", "I", "M", "R", "E", "8 clients")
+_WORKLOAD = re.compile(r"^(" + "|".join(re.escape(w) for w in WORKLOADS) + r"): ")
 
 
 def run_one(name: str, cfg: Config) -> Section:
@@ -71,6 +77,26 @@ def loop_table(sections: list[Section], auto: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def workloads(sections: list[Section]) -> str:
+    """Issue 16's workloads, each against its goal, from every section's goals."""
+    found: list[tuple[int, str, str, str, bool | None]] = []
+    for section in sections:
+        for what, got, met in section.goals:
+            hit = _WORKLOAD.match(what)
+            if hit:
+                found.append((WORKLOADS.index(hit.group(1)), section.name, what, got, met))
+    out = [
+        "### Issue 16 workloads against their goals",
+        "",
+        "| workload: goal | measured (same run) | verdict | benchmark |",
+        "|---|---|---|---|",
+    ]
+    for _, name, what, got, met in sorted(found, key=lambda row: row[0]):
+        mark = "n/a" if met is None else ("met" if met else "**missed**")
+        out.append(f"| {what} | {got} | {mark} | {name} |")
+    return "\n".join(out) + "\n"
+
+
 def summary(sections: list[Section]) -> str:
     out = ["### Goals", "", "| benchmark | goal | measured | verdict |", "|---|---|---|---|"]
     for section in sections:
@@ -98,9 +124,11 @@ def main() -> int:
         sections.append(section)
         print(section.markdown(), flush=True)
     total = time.monotonic() - t0
-    tail = [summary(sections), loop_table(sections, auto), f"Total: {total:.0f} s\n"]
+    tail = [workloads(sections), summary(sections), loop_table(sections, auto)]
+    tail.append(f"Total: {total:.0f} s\n")
     print("\n".join(tail), flush=True)
-    md = "\n".join([head, summary(sections), *(s.markdown() for s in sections), *tail[1:]])
+    top = [workloads(sections), summary(sections)]
+    md = "\n".join([head, *top, *(s.markdown() for s in sections), *tail[2:]])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.md").write_text(md)
     write_json(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from supervisord.run import cspawn, process
+from supervisord.run.spawner import Spawner
 
 pytestmark = pytest.mark.skipif(not cspawn.available(), reason="libc lacks posix_spawn extras")
 
@@ -142,7 +143,7 @@ def test_a_bad_cwd_raises() -> None:
 
 
 async def test_spawner_runs_the_job_on_a_spawn_thread_and_after_on_the_loop() -> None:
-    spawner = cspawn.Spawner()
+    spawner = Spawner()
     afters: list[str] = []
     try:
         name = await spawner.call(
@@ -157,7 +158,7 @@ async def test_spawner_runs_the_job_on_a_spawn_thread_and_after_on_the_loop() ->
 
 
 async def test_a_failed_job_raises_and_still_runs_after() -> None:
-    spawner = cspawn.Spawner()
+    spawner = Spawner()
     afters: list[int] = []
 
     def job() -> int:
@@ -173,7 +174,7 @@ async def test_a_failed_job_raises_and_still_runs_after() -> None:
 
 @pytest.mark.parametrize("program", ["/bin/sleep", "/nonexistent/sleep"])
 async def test_a_cancelled_caller_leaves_no_child_behind(program: str) -> None:
-    spawner = cspawn.Spawner()
+    spawner = Spawner()
     loop = asyncio.get_running_loop()
     discarded: asyncio.Future[int | None] = loop.create_future()
     afters: list[int] = []
@@ -187,8 +188,11 @@ async def test_a_cancelled_caller_leaves_no_child_behind(program: str) -> None:
             os.waitpid(pid, 0)
         discarded.set_result(pid)
 
+    async def caller() -> int:
+        return await spawner.call(job, lambda: afters.append(1), discard)
+
     try:
-        task = loop.create_task(spawner.call(job, lambda: afters.append(1), discard))
+        task = loop.create_task(caller())
         await asyncio.sleep(0)  # the job is handed to its thread
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

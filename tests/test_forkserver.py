@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from supervisord.core.runtypes import RunResult
+from supervisord.run import forkserver
 from supervisord.run.env import RUNTIME_DIR
-from supervisord.run.forkserver import ForkServer, SpawnRefused
+from supervisord.run.forkserver import ForkServerLost, SpawnRefused
 from supervisord.run.runner import Runner
+from supervisord.run.servers import start_server
 from tests.test_runner import make_callback, make_request, make_settings, output_lines, wait_exit
 
 
@@ -207,7 +209,7 @@ async def test_concurrent_runs_all_get_their_own_child(runner: Runner, tmp_path:
 )
 async def test_a_child_that_cannot_start_is_refused(request_: dict[str, Any], reason: str) -> None:
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": RUNTIME_DIR}
-    server = await ForkServer.start(sys.executable, env)
+    server = await start_server(sys.executable, env)
     read_end, write_end = os.pipe()
     ours, theirs = socket.socketpair()
     try:
@@ -239,3 +241,27 @@ async def test_another_interpreter_gets_another_server(runner: Runner, tmp_path:
     await runner.aclose()  # awaits the retired server too
     with pytest.raises(ProcessLookupError):
         os.kill(first, 0)
+
+
+async def test_a_server_that_stops_answering_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One watchdog for every request in flight: the oldest unanswered past the start
+    # timeout loses the server (killed, reaped), and its runs with it (they are retried).
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": RUNTIME_DIR}
+    server = await start_server(sys.executable, env)
+    monkeypatch.setattr(forkserver, "START_TIMEOUT", 0.3)
+    os.kill(server.pid, signal.SIGSTOP)  # alive, but hears nothing
+    read_end, write_end = os.pipe()
+    ours, theirs = socket.socketpair()
+    request = {"env": env, "creds": None, "cwd": "/", "path": "/x.py"}
+    try:
+        with pytest.raises(ForkServerLost, match="hung"):
+            await asyncio.wait_for(
+                server.spawn(request, (read_end, write_end, theirs.fileno())), 10.0
+            )
+        await asyncio.wait_for(server.exited, 10.0)  # SIGKILLed, reaped
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+    assert not server.is_alive

@@ -15,6 +15,7 @@ import pytest
 from supervisord.run.env import RUNTIME_DIR
 from supervisord.run.forkserver import ForkServer, SpawnRefused
 from supervisord.run.runner import Runner
+from supervisord.run.servers import start_server
 from tests.test_forkserver import run_file, write_callback
 from tests.test_runner import make_settings, output_lines
 
@@ -30,7 +31,7 @@ json.dump({"python": dict(os.environ),
 @pytest.fixture
 async def server() -> AsyncIterator[ForkServer]:
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": RUNTIME_DIR}
-    started = await ForkServer.start(sys.executable, env)
+    started = await start_server(sys.executable, env)
     yield started
     await started.aclose(1.0)
 

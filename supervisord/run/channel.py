@@ -22,17 +22,21 @@ _RECV_SIZE: Final = 65536
 _JOBINFO_KEYS: Final = {"-id": "id", "-pgrp": "pgrp"}
 
 
+def _fallback(obj: object) -> object:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    return str(obj)
+
+
+# One encoder for every line: json.dumps with any option builds a new one per call.
+_ENCODE: Final = json.JSONEncoder(default=_fallback, separators=(",", ":")).encode
+
+
 def to_json(value: Any) -> bytes:
     """One JSON line; Mappings that are not dicts and other odd values still encode."""
-
-    def fallback(obj: object) -> object:
-        if isinstance(obj, Mapping):
-            return dict(obj)
-        if isinstance(obj, tuple | set | frozenset):
-            return list(obj)
-        return str(obj)
-
-    return json.dumps(value, default=fallback, separators=(",", ":")).encode() + b"\n"
+    return _ENCODE(value).encode() + b"\n"
 
 
 def local_jobinfo(jobs: Iterable[Mapping[str, Any]]) -> JobInfo:

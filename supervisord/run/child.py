@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisord.core.model import Settings
-from supervisord.core.runtypes import JobInfo, RunRequest, RunResult, log_path
+from supervisord.core.runtypes import Action, JobInfo, RunRequest, RunResult, log_path
 from supervisord.run import process
 from supervisord.run.channel import Channel, local_jobinfo
 from supervisord.run.output import LogWriter, OutputSink, PipeDrain, header_line
@@ -27,11 +27,15 @@ class Child:
     pid: int
     exited: asyncio.Future[process.Status]
     drain: PipeDrain
-    channel: Channel
+    channel: Channel | None  # None: a run that cannot use qb has no fd 3
     context: str  # "seq=17 job=1234 run=12 callback=x.py pid=4242", for log lines
     stop_reason: str | None = None
     stopper: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def actions(self) -> tuple[Action, ...]:
+        """What the (exited) callback asked for on its qb channel; the channel closed."""
+        return () if self.channel is None else await self.channel.aclose()
 
 
 def attach(
@@ -58,12 +62,13 @@ def attach(
     log.debug("spawned %s", context)
     path = log_path(settings.logpath, req.owner)
     sink = OutputSink(path, lambda: header_line(req, started), settings.output_limit, logs)
-    answer = jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
     drain: PipeDrain | None = None
     channel: Channel | None = None
     try:
         drain = PipeDrain(loop, read_end, sink, readers)
-        channel = Channel(loop, ours, hello, answer, context, readers)
+        if ours is not None:
+            answer = jobinfo or local_jobinfo((req.job_doc, req.event_doc.get("job") or {}))
+            channel = Channel(loop, ours, hello, answer, context, readers)
         exited = exited or process.watch(loop, pid, readers)
         return Child(pid, exited, drain, channel, context)
     except BaseException:  # out of fds, most likely: leave nothing behind
@@ -74,10 +79,10 @@ def attach(
             os.close(read_end)
         else:
             drain.close()
-        if channel is None:
-            ours.close()
-        else:
+        if channel is not None:
             channel.abandon()
+        elif ours is not None:
+            ours.close()
         raise
 
 

@@ -17,20 +17,16 @@ the daemon spawns with ``os.posix_spawn`` on the loop as before.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import ctypes
 import ctypes.util
 import errno
-import logging
+import functools
 import os
-import queue
 import signal
-import threading
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 from supervisord.run import process
 
@@ -41,11 +37,6 @@ _SETSID: Final = 0x80
 _OPAQUE: Final = 1024
 # Signals the daemon (Python) ignores that a callback must get with default handling.
 _DEFAULTED: Final = (signal.SIGPIPE, signal.SIGXFSZ)
-# Spawns in flight at once: each thread waits out one child's exec.
-THREADS: Final = 2
-
-T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +69,7 @@ def _load() -> _Libc | None:
             quick.posix_spawnattr_setsigdefault,
             quick.sigemptyset,
             quick.sigaddset,
+            quick.close,
             slow.posix_spawn,
         )
     except (OSError, AttributeError):
@@ -88,6 +80,7 @@ def _load() -> _Libc | None:
     quick.posix_spawn_file_actions_adddup2.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
     quick.posix_spawn_file_actions_addchdir_np.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
     quick.posix_spawn_file_actions_addclosefrom_np.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    quick.close.argtypes = (ctypes.c_int,)
     return _Libc(quick, slow, _make_attr(quick))
 
 
@@ -130,6 +123,18 @@ def _strings(items: Sequence[bytes]) -> Any:
     return array
 
 
+# What os.fsencode does, without its Python-level checks (~20 strings a run).
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+
+
+@functools.lru_cache(maxsize=256)  # bounded: a reload may bring new interpreters or paths
+def _command(argv: tuple[str, ...], cwd: str) -> tuple[bytes, Any, bytes]:
+    """The program's path, the NULL-terminated argument array and the working directory,
+    encoded once per command: a callback's are the same for every run."""
+    encoded = [arg.encode(_FS_ENCODING, "surrogateescape") for arg in argv]
+    return encoded[0], _strings(encoded), cwd.encode(_FS_ENCODING, "surrogateescape")
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """One spawn's glibc file actions and argument arrays, and the descriptors prepare()
@@ -154,18 +159,15 @@ def prepare(
     actions = ctypes.create_string_buffer(_OPAQUE)
     _check(quick.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
     moved = process.move_low_sources(fds)  # their duplicates: closed by release()
-    prepared = Prepared(
-        os.fsencode(argv[0]),
-        actions,
-        _strings([os.fsencode(arg) for arg in argv]),
-        _strings([os.fsencode(f"{k}={v}") for k, v in env.items()]),
-        tuple(moved.values()),
-    )
+    path, args, directory = _command(tuple(argv), cwd)
+    encoding = _FS_ENCODING
+    entries = [f"{k}={v}".encode(encoding, "surrogateescape") for k, v in env.items()]
+    prepared = Prepared(path, actions, args, _strings(entries), tuple(moved.values()))
     try:
         for dst, src in enumerate(fds):
             err = quick.posix_spawn_file_actions_adddup2(actions, moved.get(src, src), dst)
             _check(err, "posix_spawn_file_actions_adddup2")
-        err = quick.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd))
+        err = quick.posix_spawn_file_actions_addchdir_np(actions, directory)
         _check(err, "posix_spawn_file_actions_addchdir_np")
         err = quick.posix_spawn_file_actions_addclosefrom_np(actions, len(fds))
         _check(err, "posix_spawn_file_actions_addclosefrom_np")
@@ -193,8 +195,19 @@ def release(prepared: Prepared) -> None:
     libc = _get()
     assert libc is not None
     libc.quick.posix_spawn_file_actions_destroy(prepared.actions)
-    for fd in prepared.moved:
-        os.close(fd)
+    close(prepared.moved)
+
+
+def close(fds: Sequence[int]) -> None:
+    """Close descriptors without letting go of the GIL, as os.close() does: on a spawn
+    thread, each let-go is a hand-over to the busy loop and back (a context switch each
+    way, and a wait for the loop's switch interval). close() never blocks on a pipe or a
+    memfd, the only kinds given here."""
+    libc = _get()
+    assert libc is not None
+    for fd in fds:
+        if libc.quick.close(fd) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: str, fds: Sequence[int]) -> int:
@@ -204,96 +217,3 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: str, fds: Sequenc
         return launch(prepared)
     finally:
         release(prepared)
-
-
-class Spawner:
-    """Runs launches on a few threads of its own, so that neither the loop nor the GIL
-    waits for a child's exec. Hand-overs are kept cheap (each one costs a thread wake-up
-    and a GIL transfer): jobs go through a queue, results come back in a deque, and the
-    loop is woken once for however many results are waiting."""
-
-    def __init__(self, threads: int = THREADS) -> None:
-        self._threads = threads
-        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._done: collections.deque[tuple[_Job[Any], bool, Any]] = collections.deque()
-        self._lock = threading.Lock()
-        self._woken = False
-        self._workers: list[threading.Thread] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def call(
-        self,
-        job: Callable[[], T],
-        after: Callable[[], None],
-        discard: Callable[[T | None], None],
-    ) -> T:
-        """``job()``'s result, run on a spawn thread; ``after()`` runs on the loop once the
-        job is over, whatever happened. If the caller is cancelled meanwhile the job
-        still ends, and ``discard`` then gets its result (None if it raised): a child is
-        never left behind."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._start(loop)
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(job, future, after, discard))
-        return await future  # cancelling the caller cancels it: _deliver() then discards
-
-    def close(self) -> None:
-        """Wait for the jobs in flight (each a few ms) and end the threads."""
-        for _ in self._workers:
-            self._jobs.put(None)
-        for worker in self._workers:
-            worker.join()
-        self._workers = []
-        self._loop = None
-        self._deliver()
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.close()
-        self._loop = loop
-        for n in range(self._threads):
-            worker = threading.Thread(target=self._work, name=f"qb-spawn-{n}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
-
-    def _work(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            try:
-                done = (item, True, item.fn())
-            except BaseException as exc:  # handed to the caller, never lost in this thread
-                done = (item, False, exc)
-            self._done.append(done)
-            with self._lock:
-                if self._woken:
-                    continue
-                self._woken = True
-            loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                    loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self._lock:
-            self._woken = False
-        while self._done:
-            item, ok, value = self._done.popleft()
-            try:
-                item.after()
-                if item.future.cancelled():
-                    item.discard(value if ok else None)
-            except Exception:  # a failed cleanup must not leave the other results waiting
-                log.exception("spawn cleanup failed")
-            if item.future.done():
-                continue
-            if ok:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
-
-
-@dataclass(frozen=True, slots=True)
-class _Job(Generic[T]):
-    fn: Callable[[], T]
-    future: asyncio.Future[T]
-    after: Callable[[], None]
-    discard: Callable[[T | None], None]

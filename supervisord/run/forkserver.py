@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -15,12 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from supervisord.run import process
-from supervisord.run.env import RUNTIME_DIR
 from supervisord.run.process import Status
 
 log = logging.getLogger(__name__)
 
-SCRIPT: Final = os.path.join(RUNTIME_DIR, "_forkserver.py")
 # Interpreter start-up plus the pre-warmed imports take ~0.1 s, a fork ~1 ms: a server that
 # has not said READY, or answered a run request, after this long is hung; it is replaced.
 START_TIMEOUT: Final = 30.0
@@ -39,6 +38,8 @@ class SpawnRefused(Exception):
 
 
 _Started: TypeAlias = tuple[int, asyncio.Future[Status]]  # a run's pid and its end
+# One encoder for every request: json.dumps with an option builds a new one per call.
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(slots=True, eq=False)
@@ -63,41 +64,12 @@ class ForkServer:
         self._starting: dict[int, asyncio.Future[_Started]] = {}
         self._running: dict[int, _Running] = {}
         self._writable: asyncio.Future[None] | None = None
+        self._sent: collections.deque[tuple[int, float]] = collections.deque()  # (id, when)
+        self._watchdog: asyncio.TimerHandle | None = None
         self._closing = False
         self.is_alive = True
         self._loop.add_reader(sock.fileno(), self._on_readable)
         exited.add_done_callback(lambda fut: self._lose(f"it exited ({fut.result()})"))
-
-    @classmethod
-    async def start(cls, interpreter: str, env: Mapping[str, str]) -> ForkServer:
-        """Spawn ``interpreter _forkserver.py`` (clean env, only fds 0-3) and await READY."""
-        loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            stderr = 2 if _is_open(2) else devnull  # its own tracebacks go to the daemon's log
-            fds = (devnull, devnull, stderr, theirs.fileno())
-            pid = process.spawn([interpreter, SCRIPT], env, cwd="/", fds=fds)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            os.close(devnull)
-            theirs.close()
-        exited = process.watch(loop, pid)
-        ours.setblocking(False)
-        ready: asyncio.Future[Any] = loop.create_task(loop.sock_recv(ours, _RECV_SIZE))
-        done, _ = await asyncio.wait(
-            [ready, exited], timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        if ready not in done or ready.exception() is not None or ready.result()[:2] != b"R ":
-            ready.cancel()
-            process.kill_group(pid, signal.SIGKILL)
-            status = await exited
-            ours.close()
-            raise ForkServerLost(f"fork server did not start ({status})")
-        log.info("fork server started pid=%d interpreter=%s", pid, interpreter)
-        return cls(ours, pid, exited, interpreter)
 
     async def spawn(
         self, request: Mapping[str, Any], fds: Sequence[int]
@@ -108,7 +80,7 @@ class ForkServer:
             raise ForkServerLost("the fork server is gone")
         self._next_id += 1
         rid = self._next_id
-        payload = json.dumps({**request, "id": rid}, separators=(",", ":")).encode()
+        payload = _ENCODE({**request, "id": rid}).encode()
         if len(payload) > MAX_REQUEST:
             raise SpawnRefused(f"run request too large ({len(payload)} bytes)")
         started: asyncio.Future[_Started] = self._loop.create_future()
@@ -118,16 +90,31 @@ class ForkServer:
         except BaseException:
             self._starting.pop(rid, None)
             raise
-        # One timer rather than asyncio.wait_for (a future, a callback and a timer a run).
-        timer = self._loop.call_later(START_TIMEOUT, self._on_hung, started)
-        try:  # if cancelled, _on_started kills the child nobody wants
-            return await started
-        finally:
-            timer.cancel()
+        self._watch_answer(rid)
+        return await started  # if cancelled, _on_started kills the child nobody wants
 
-    def _on_hung(self, started: asyncio.Future[_Started]) -> None:
-        if not started.done():
+    def _watch_answer(self, rid: int) -> None:
+        """Note when request ``rid`` went out: one watchdog timer for all of them (rather
+        than a timer per run) replaces the server if the oldest goes unanswered too long."""
+        sent = self._sent
+        while sent and sent[0][0] not in self._starting:  # answered: the oldest go first
+            sent.popleft()
+        sent.append((rid, self._loop.time()))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(START_TIMEOUT, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        sent = self._sent
+        while sent and sent[0][0] not in self._starting:
+            sent.popleft()
+        if not sent or not self.is_alive:
+            return
+        due = sent[0][1] + START_TIMEOUT
+        if due <= self._loop.time():
             self._lose("no answer to a run request (hung?)")
+        else:
+            self._watchdog = self._loop.call_at(due, self._on_watchdog)
 
     async def aclose(self, grace: float) -> None:
         """Let runs in flight end, hang up (the server exits on EOF), reap it."""
@@ -268,6 +255,9 @@ class ForkServer:
     def _hang_up(self) -> None:
         if self.is_alive:
             self.is_alive = False
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             self._loop.remove_reader(self._sock.fileno())
             if self._writable is not None:
                 self._loop.remove_writer(self._sock.fileno())
@@ -280,11 +270,3 @@ def _consume(fut: asyncio.Future[Status]) -> None:
     """A lost run whose caller already went away must not log 'exception never retrieved'."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True

@@ -21,12 +21,13 @@ from supervisord.core.runtypes import (
 from supervisord.run import cspawn, group, process
 from supervisord.run.background import Background
 from supervisord.run.child import Child, attach, failed_start, judge, once, stop
-from supervisord.run.cspawn import Spawner
+from supervisord.run.ending import Endings
 from supervisord.run.env import RUNTIME_DIR
 from supervisord.run.forkserver import ForkServerLost, SpawnRefused
 from supervisord.run.output import LogWriter
 from supervisord.run.qcb import run_qcb
 from supervisord.run.servers import ForkServers
+from supervisord.run.spawner import Spawner
 from supervisord.run.start import Starter
 
 __all__ = ["RUNTIME_DIR", "Action", "JobInfo", "RunRequest", "RunResult", "Runner"]
@@ -60,6 +61,7 @@ class Runner:
         self._logs = LogWriter()  # its thread starts with the first run that prints
         self._poller: process.Poller | None = None
         self._background = Background()
+        self._endings = Endings(self._background)
         self._was_subreaper: bool | None = None  # None: not made one (yet)
         self.update(settings)
 
@@ -130,6 +132,7 @@ class Runner:
         while self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._background.aclose()
+        self._endings.close()
         await self._forks.aclose(self._settings.kill_grace)
         self._background.sweep()  # what the fork server had not reaped came here at its exit
         if self._was_subreaper is False:
@@ -208,7 +211,10 @@ class Runner:
         if timeout > 0:
             timer = loop.call_later(timeout, stop, child, "timeout", settings.kill_grace)
         try:
-            status = await self._exit_status(child, settings)
+            try:
+                status = await asyncio.shield(child.exited)
+            except ForkServerLost as exc:
+                status = await self._lost(child, settings, exc)
         except asyncio.CancelledError:
             stop(child, "cancelled", settings.kill_grace)
             self._own(self._finish(child, settings))
@@ -219,9 +225,15 @@ class Runner:
         if child.stopper is not None:
             await child.stopper
         ended = time.time()
-        actions = await child.channel.aclose()
-        left = await self._release(child, settings, child.stop_reason)
-        await child.drain.sink.flushed()  # what it printed is in the log when it is done
+        # The common end takes no await: no qb channel (or one read at once), an empty
+        # group, nothing printed to wait for.
+        actions = () if child.channel is None else await child.channel.aclose()
+        left = self._endings.release_now(child, settings.kill_grace)
+        if left is None:
+            left = await self._endings.release(child, self._readers(loop), settings,
+                                               child.stop_reason)  # fmt: skip
+        if child.drain.sink.wrote:
+            await child.drain.sink.flushed()  # what it printed is in the log when it is done
         outcome, description = judge(status, child.stop_reason, timeout)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -235,47 +247,26 @@ class Runner:
             sink.truncated, sink.path, actions, child.pid, left,
         )  # fmt: skip
 
-    async def _exit_status(self, child: Child, settings: Settings) -> process.Status:
-        """The child's Status. If its fork server died under it, the run is retried
-        (ForkServerLost) after a cleanup, unless the daemon was stopping it anyway."""
-        try:
-            return await asyncio.shield(child.exited)
-        except ForkServerLost:
-            if child.stop_reason is not None:
-                return process.Status(None, signal.SIGKILL)
-            if child.stopper is not None:
-                await child.stopper
-            await child.channel.aclose()
-            await self._release(child, settings, "fork server lost")
-            raise
-
-    async def _release(self, child: Child, settings: Settings, stop: str | None) -> int:
-        """After the leader's reap, its group: how many of its processes are left running.
-        ``stop``: why the run was stopped (its group is stopped too), None if it ended."""
-        grace = settings.kill_grace
-        if process.is_group_alive(child.pid):  # the one check a run pays: nothing left?
-            child.drain.read_available()  # what the callback printed: the result waits for it
-            readers = self._readers(asyncio.get_running_loop())
-            return await self._background.adopt(
-                child.pid, child.drain, readers, grace=grace,
-                timeout=settings.background_timeout, context=child.context, stop=stop,
-            )  # fmt: skip
-        if not child.drain.eof.done():  # a group never refills: the pipe's end is near
-            await asyncio.wait({child.drain.eof}, timeout=grace)
-        if not child.drain.eof.done():
-            log.warning(
-                "output still open after its group ended pid=%d (escaped process?)", child.pid
-            )
-        child.drain.close()
-        return 0
+    async def _lost(self, child: Child, settings: Settings, exc: ForkServerLost) -> process.Status:
+        """Its fork server died under the child: the run is retried (ForkServerLost is
+        raised again) after a cleanup, unless the daemon was stopping it anyway."""
+        if child.stop_reason is not None:
+            return process.Status(None, signal.SIGKILL)
+        if child.stopper is not None:
+            await child.stopper
+        await child.actions()
+        await self._endings.release(child, self._readers(asyncio.get_running_loop()), settings,
+                                    "fork server lost")  # fmt: skip
+        raise exc
 
     async def _finish(self, child: Child, settings: Settings) -> None:
         """Cleanup of a run whose caller went away (cancelled): reap, collect, close."""
         await asyncio.wait({child.exited})
         if child.stopper is not None:
             await child.stopper
-        await child.channel.aclose()
-        await self._release(child, settings, "cancelled")
+        await child.actions()
+        await self._endings.release(child, self._readers(asyncio.get_running_loop()), settings,
+                                    "cancelled")  # fmt: skip
 
     def _own(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -4,12 +4,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-from supervisord.run.forkserver import ForkServer
+from supervisord.run import forkserver, process
+from supervisord.run.env import RUNTIME_DIR
+from supervisord.run.forkserver import ForkServer, ForkServerLost
 
 log = logging.getLogger(__name__)
+
+SCRIPT: Final = os.path.join(RUNTIME_DIR, "_forkserver.py")
+_READY_SIZE: Final = 64
+
+
+async def start_server(interpreter: str, env: Mapping[str, str]) -> ForkServer:
+    """Spawn ``interpreter _forkserver.py`` (clean env, only fds 0-3) and await READY."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        stderr = 2 if _is_open(2) else devnull  # its own tracebacks go to the daemon's log
+        fds = (devnull, devnull, stderr, theirs.fileno())
+        pid = process.spawn([interpreter, SCRIPT], env, cwd="/", fds=fds)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        os.close(devnull)
+        theirs.close()
+    exited = process.watch(loop, pid)
+    ours.setblocking(False)
+    ready: asyncio.Future[Any] = loop.create_task(loop.sock_recv(ours, _READY_SIZE))
+    done, _ = await asyncio.wait(
+        [ready, exited], timeout=forkserver.START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+    )
+    if ready not in done or ready.exception() is not None or ready.result()[:2] != b"R ":
+        ready.cancel()
+        process.kill_group(pid, signal.SIGKILL)
+        status = await exited
+        ours.close()
+        raise ForkServerLost(f"fork server did not start ({status})")
+    log.info("fork server started pid=%d interpreter=%s", pid, interpreter)
+    return ForkServer(ours, pid, exited, interpreter)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class ForkServers:
@@ -62,7 +109,7 @@ class ForkServers:
                 task.add_done_callback(self._retired.discard)
             else:
                 self.restarts += 1
-        self._server = await ForkServer.start(interpreter, env)
+        self._server = await start_server(interpreter, env)
         return self._server
 
     def _started(self, task: asyncio.Task[ForkServer]) -> None:

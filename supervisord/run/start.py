@@ -11,15 +11,14 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
-from supervisord.run import cspawn, process
+from supervisord.run import cspawn, fds, process
 from supervisord.run.channel import to_json
-from supervisord.run.cspawn import Spawner
 from supervisord.run.env import (
     RUNTIME_DIR,
     RunAs,
@@ -32,6 +31,7 @@ from supervisord.run.env import (
 )
 from supervisord.run.forkserver import SpawnRefused
 from supervisord.run.servers import ForkServers
+from supervisord.run.spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Started:
     pid: int
     exited: asyncio.Future[process.Status] | None  # the fork server's report; None: ours
     output: int  # read end of the stdout/stderr pipe
-    channel: socket.socket  # the daemon's end of fd 3
+    channel: socket.socket | None  # the daemon's end of fd 3; None: the run has no qb
     hello: bytes  # what of the hello line (fd 3's first) is still to be sent
 
 
@@ -127,8 +127,11 @@ class Starter:
         self._perl_qb[path] = (key, needed)
         return needed
 
-    async def start(self, req: RunRequest, argv: list[str], last_try: bool) -> Started:
-        """See start(); a run's last try avoids the fork server if it can."""
+    def start(
+        self, req: RunRequest, argv: list[str], last_try: bool
+    ) -> Coroutine[Any, Any, Started]:
+        """See start(); a run's last try avoids the fork server if it can. (Not a coroutine
+        itself: the run awaits start()'s, one frame fewer to resume.)"""
         settings = self.settings
         confined = self._runas is not None or bool(self._limits)
         how = choose(req.callback.language, settings.python_mode, confined, last_try)
@@ -145,8 +148,8 @@ class Starter:
                 self._runas,
                 self._limits,
             )
-        env = run_env(self._base, req, qb=req.callback.language != "perl" or "-Mqb" in argv)
-        return await start(req, argv, env, launch)
+        qb = req.callback.language != "perl" or "-Mqb" in argv
+        return start(req, argv, run_env(self._base, req, qb), launch, qb)
 
     async def warm(self) -> None:
         """Start the fork server now rather than on the first Python run."""
@@ -161,35 +164,47 @@ class Starter:
         return found
 
 
-async def start(req: RunRequest, argv: list[str], env: dict[str, str], launch: Launch) -> Started:
-    """Start the process with its stdin document, output pipe and qb channel. Raises
+async def start(
+    req: RunRequest, argv: list[str], env: dict[str, str], launch: Launch, qb: bool = True
+) -> Started:
+    """Start the process with its stdin document, output pipe and qb channel (``qb``: the
+    run may use the qb module; a spawned run that cannot gets no fd 3 at all). Raises
     OSError/ValueError (spawn), SpawnRefused or ForkServerLost; leaves nothing open then."""
     path = req.callback.path
     if not os.access(path, os.R_OK):
         raise SpawnRefused(f"cannot read {path}")
     doc = to_json(stdin_doc(req))
-    hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n"
-    stdin, read_end, ours, child_ends = _pipes(doc)
-    fds = (stdin, child_ends[1], child_ends[1], child_ends[2])
+    # The fork server takes three descriptors for every run; a spawn takes what it needs.
+    channel = qb or launch.how != SPAWN
+    hello = b'{"op":"hello","doc":' + doc[:-1] + b"}\n" if channel else b""
+    stdin, read_end, ours, child_ends = fds.pipes(doc, channel)
+    child_fds = (stdin, child_ends[1], child_ends[1], *child_ends[2:])
     if launch.how == SPAWN and launch.spawner is not None:
         return await _launch(
-            launch.spawner, argv, env, req.callback.dir, hello, fds, child_ends, read_end, ours
+            launch.spawner,
+            argv,
+            env,
+            req.callback.dir,
+            hello,
+            child_fds,
+            child_ends,
+            read_end,
+            ours,
         )
     try:
         try:
             if launch.how == SPAWN:  # no glibc extensions: os.posix_spawn, on the loop
-                sent = _send_nowait(ours, hello)
-                pid = process.spawn(argv, env, cwd=req.callback.dir, fds=fds)
+                sent = fds.send_nowait(ours, hello)
+                pid = process.spawn(argv, env, cwd=req.callback.dir, fds=child_fds)
                 return Started(pid, None, read_end, ours, hello[sent:])
             forks = launch.forks
             server = await forks.get(launch.server_interpreter, launch.server_env, launch.grace)
             pid, exited = await server.spawn(_fork_request(req, argv, env, launch), child_ends)
             return Started(pid, exited, read_end, ours, hello)
         finally:
-            _close(child_ends)
+            fds.close(child_ends)
     except BaseException:
-        os.close(read_end)
-        ours.close()
+        fds.abandon(read_end, ours)
         raise
 
 
@@ -199,80 +214,38 @@ async def _launch(
     env: dict[str, str],
     cwd: str,
     hello: bytes,
-    fds: tuple[int, int, int, int],
-    child_ends: tuple[int, int, int],
+    child_fds: tuple[int, ...],
+    child_ends: tuple[int, ...],
     read_end: int,
-    ours: socket.socket,
+    ours: socket.socket | None,
 ) -> Started:
-    """The SPAWN start through a spawn thread. The child's ends (what ``fds`` holds) are
-    closed once the launch is over; ``read_end`` and ``ours`` are closed on failure, and on
-    cancellation too, then with the child killed and reaped, once the launch is over."""
+    """The SPAWN start through a spawn thread. The child's ends (``child_fds``) are
+    closed by the spawn thread as soon as the launch is over; ``read_end`` and ``ours`` are
+    closed on failure, and on cancellation too, then with the child killed and reaped,
+    once the launch is over."""
     try:
-        sent = _send_nowait(ours, hello)  # a socket buffer takes it whole, but for huge docs
-        prepared = cspawn.prepare(argv, env, cwd=cwd, fds=fds)
+        sent = fds.send_nowait(ours, hello)  # a socket buffer takes it whole, but for huge docs
+        prepared = cspawn.prepare(argv, env, cwd=cwd, fds=child_fds)
     except BaseException:
-        _close(child_ends)
-        os.close(read_end)
-        ours.close()
+        fds.close(child_ends)
+        fds.abandon(read_end, ours)
         raise
-
-    def after() -> None:
-        cspawn.release(prepared)
-        _close(child_ends)
 
     def discard(pid: int | None) -> None:
         if pid is not None:
             process.kill_group(pid, signal.SIGKILL)
             os.waitpid(pid, 0)  # SIGKILLed: returns as soon as it is gone
-        os.close(read_end)
-        ours.close()
+        fds.abandon(read_end, ours)
 
+    job = functools.partial(fds.spawn_and_close, prepared, child_ends)
     try:
-        pid = await spawner.call(functools.partial(cspawn.launch, prepared), after, discard)
+        pid = await spawner.call(job, None, discard)
     except asyncio.CancelledError:
         raise  # discard() closes read_end and ours
     except BaseException:
-        os.close(read_end)
-        ours.close()
+        fds.abandon(read_end, ours)
         raise
     return Started(pid, None, read_end, ours, hello[sent:])
-
-
-def _close(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
-def _send_nowait(sock: socket.socket, data: bytes) -> int:
-    try:
-        return sock.send(data)
-    except BlockingIOError:
-        return 0
-
-
-def _pipes(doc: bytes) -> tuple[int, int, socket.socket, tuple[int, int, int]]:
-    """stdin (a memfd holding ``doc``), the output pipe's read end and our end of fd 3
-    (both non-blocking), and the child's ends: (stdin, output write end, fd 3)."""
-    stdin = os.memfd_create("qbcallback-stdin")
-    try:
-        view = memoryview(doc)
-        while view:  # memory, never blocks: a big document cannot stall the loop
-            view = view[os.write(stdin, view) :]
-        os.lseek(stdin, 0, os.SEEK_SET)
-        ours, theirs = socket.socketpair()
-    except BaseException:
-        os.close(stdin)
-        raise
-    try:
-        ours.setblocking(False)
-        read_end, write_end = os.pipe()
-        os.set_blocking(read_end, False)  # the child's end stays blocking
-    except BaseException:
-        os.close(stdin)
-        ours.close()
-        theirs.close()
-        raise
-    return stdin, read_end, ours, (stdin, write_end, theirs.detach())
 
 
 def _fork_request(
