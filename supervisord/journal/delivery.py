@@ -65,6 +65,9 @@ class Book:
         self._releasing: set[str] = set()  # closed again: its held runs go back to the queue
         self._want_trial: set[str] = set()  # half-open, no trial yet: the next held run is it
         self.next_due: float | None = None  # the earliest stored retry
+        # The earliest retry scheduled in the batch being built: its row is written only at
+        # the commit, so a re-read of the journal before then cannot see it.
+        self._unwritten: float | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -78,11 +81,18 @@ class Book:
         held = {r[0] for r in db.execute("SELECT DISTINCT callback FROM runs WHERE state='held'")}
         self._releasing = {f for f in held if self.breakers.get(f, CLOSED).is_closed}
         self._trial, self._want_trial, self._dirty = {}, set(), set()
+        self._unwritten = None  # a failed commit wrote none of them: the journal has the truth
         self.refresh_due(db)
 
     def refresh_due(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT min(due) FROM runs WHERE state = 'retrying'").fetchone()
-        self.next_due = None if row is None or row[0] is None else float(row[0])
+        stored = None if row is None or row[0] is None else float(row[0])
+        times = [t for t in (stored, self._unwritten) if t is not None]
+        self.next_due = min(times, default=None)
+
+    def written(self) -> None:
+        """The batch committed: its retries are in the journal now."""
+        self._unwritten = None
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -108,6 +118,7 @@ class Book:
             delay = retry_delay(policy, req.attempt, self._rand.random())
             due = result.ended + delay
             self.next_due = due if self.next_due is None else min(self.next_due, due)
+            self._unwritten = due if self._unwritten is None else min(self._unwritten, due)
             log.info(
                 "retry scheduled run_id=%d callback=%s attempt=%d next_attempt=%d delay=%.1fs",
                 req.run_id, req.callback.file, req.attempt, req.attempt + 1, delay,

@@ -233,6 +233,7 @@ class Sequencer(Handover, Numbering, PolicyRuns):
             if changed.keys() - store.EVENT_COUNTERS:
                 store.write_meta(db, changed)
             db.execute("COMMIT")
+            self.book.written()
             if changed.keys() - store.EVENT_COUNTERS:
                 self._stored = dict(self.counters)
         except sqlite3.Error as exc:
