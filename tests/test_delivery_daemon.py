@@ -59,6 +59,13 @@ def attempts(d: Daemon, job: int) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def settle(d: Daemon, name: str, job: int) -> int:
+    """Send one event and wait until its runs' current attempts have ended; its seq."""
+    seq: int = d.request(event(name, job=job))["seq"]
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    return seq
+
+
 def runs_of(d: Daemon, job: int) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = d.request({"op": "history", "job": job})["runs"]
     return sorted(runs, key=lambda r: r["run_id"])
@@ -111,8 +118,7 @@ def test_replay_by_run_id_and_by_seq_and_bad_requests(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
     d = daemon_factory({"mark.py": MARK}, "mark.py = complete-job-self\n")
-    seq = d.request(event("complete", job=5))["seq"]
-    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    seq = settle(d, "complete", 5)
     [run] = runs_of(d, 5)
     (d.root / "mark-5").unlink()
     reply = d.request({"op": "replay", "runs": [run["run_id"], 999999]})
@@ -149,8 +155,7 @@ def test_breaker_opens_holds_new_runs_and_resume_releases_them(
     d = daemon_factory({"flaky.py": FLAKY, "policy.yaml": policy}, "flaky.py = complete-job-self\n")
     (d.root / "fail-always").touch()
     for job in (1, 2):
-        seq = d.request(event("complete", job=job))["seq"]
-        assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+        settle(d, "complete", job)
     status = d.request({"op": "status"})
     assert status["per_callback"]["flaky.py"]["breaker"] == "open"
     [breaker] = status["breakers"]
@@ -180,8 +185,7 @@ def test_breaker_half_open_trial_closes_it_on_success(
     policy = "flaky.py:\n  breaker: {failures: 1, cooldown: 0.5}\n"
     d = daemon_factory({"flaky.py": FLAKY, "policy.yaml": policy}, "flaky.py = complete-job-self\n")
     (d.root / "fail-always").touch()
-    seq = d.request(event("complete", job=1))["seq"]
-    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    settle(d, "complete", 1)
     assert d.request({"op": "status"})["per_callback"]["flaky.py"]["breaker"] == "open"
     (d.root / "fail-always").unlink()
     for job in (2, 3):
@@ -281,8 +285,7 @@ def test_status_cli_shows_the_per_callback_table(
     policy = "flaky.py:\n  breaker: {failures: 1, cooldown: 3600}\n"
     d = daemon_factory({"flaky.py": FLAKY, "policy.yaml": policy}, "flaky.py = complete-job-self\n")
     (d.root / "fail-always").touch()
-    seq = d.request(event("complete", job=1))["seq"]
-    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    settle(d, "complete", 1)
     out = subprocess.run(
         [sys.executable, "-m", "supervisord", "status", "--socket", d.sock],
         env=d.env(), capture_output=True, text=True, cwd=REPO, timeout=DEADLINE,
@@ -302,8 +305,7 @@ def test_policy_timeout_overrides_the_global_one(daemon_factory: Callable[..., D
         {"slow.py": slow, "policy.yaml": "slow.py:\n  timeout: 0.5\n"},
         "slow.py = complete-job-self\n",
     )
-    seq = d.request(event("complete", job=4))["seq"]
-    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    settle(d, "complete", 4)
     [run] = runs_of(d, 4)
     assert (run["outcome"], run["description"]) == ("timeout", "timed out after 0.5 s")
 
@@ -313,8 +315,7 @@ def test_reload_applies_a_new_policy_and_metrics_count_it(
 ) -> None:
     d = daemon_factory({"flaky.py": FLAKY}, "flaky.py = complete-job-self\n")
     (d.root / "fail-1").touch()
-    seq = d.request(event("complete", job=1))["seq"]
-    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    settle(d, "complete", 1)
     assert attempts(d, 1) == ["1 0 0"]  # no policy: Qube's one attempt
     policy = "flaky.py:\n  retries: 1\n  backoff: [0.05, 0.05]\n"
     (d.root / "callback" / "policy.yaml").write_text(policy)
@@ -335,8 +336,7 @@ def test_removing_a_breaker_from_the_policy_releases_its_held_runs(
     policy = "flaky.py:\n  breaker: {failures: 1, cooldown: 3600}\n"
     d = daemon_factory({"flaky.py": FLAKY, "policy.yaml": policy}, "flaky.py = complete-job-self\n")
     (d.root / "fail-always").touch()
-    seq = d.request(event("complete", job=1))["seq"]
-    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    settle(d, "complete", 1)
     assert d.request(event("complete", job=2))["matched"] == ["flaky.py"]
     assert d.request({"op": "status"})["runs_held"] == 1
     (d.root / "fail-always").unlink()
