@@ -104,9 +104,14 @@ class Ops:
         timeout = doc.get("timeout", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise EventError("timeout", f"expected a number of seconds >= 0, got {timeout!r}")
-        done = await self.d.scheduler.wait(seq, float(timeout))
-        waiting = await self.d.query(lambda db, _state: reads.waiting_through(db, seq))
-        return {"ok": True, "done": done, "seq": seq, **waiting}
+        scheduler, end = self.d.scheduler, time.monotonic() + float(timeout)
+        while True:
+            done = await scheduler.wait(seq, max(0.0, end - time.monotonic()))
+            waiting = await self.d.query(lambda db, _state: reads.waiting_through(db, seq))
+            # The query passed every commit before it, and the runs those commits queued (a
+            # retry that came due meanwhile) were handed to the scheduler first: look again.
+            if not done or scheduler.is_done_through(seq):
+                return {"ok": True, "done": done, "seq": seq, **waiting}
 
     async def op_history(self, doc: dict[str, Any], conn: Connection) -> Reply:
         job = int_field(doc, "job")
