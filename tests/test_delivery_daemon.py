@@ -344,3 +344,15 @@ def test_removing_a_breaker_from_the_policy_releases_its_held_runs(
     assert d.request({"op": "reload"})["ok"] is True
     assert wait_for_file(d.root / "ok-2") == "1"
     assert d.request({"op": "status"})["breakers"] == []
+
+
+def test_replay_of_many_run_ids_is_read_in_chunks(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory({"mark.py": MARK}, "mark.py = complete-job-self\n")
+    seq = settle(d, "complete", 6)
+    [run] = runs_of(d, 6)
+    ids = [run["run_id"], *range(10**6, 10**6 + 40_000)]  # past SQLite's parameter limit
+    reply = d.request({"op": "replay", "runs": ids})
+    assert reply["ok"] is True and len(reply["run_ids"]) == 1
+    assert len(reply["missing"]) == 40_000
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
+    assert [r["replayed"] for r in runs_of(d, 6)] == [False, True]

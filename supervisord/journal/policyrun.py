@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
+from collections.abc import Iterator
 from typing import Any, Final
 
 from supervisord.core.errors import ConfigErrors, QbError
@@ -20,6 +21,8 @@ log = logging.getLogger("supervisord.journal.sequencer")  # one logger for the w
 
 # Runs one replay request may make: `replay --dead` after a long outage stays one commit.
 REPLAY_LIMIT: Final = 100_000
+# Run ids per lookup: well under SQLite's limit on the parameters of one statement.
+ID_CHUNK: Final = 500
 
 
 class PolicyRuns:
@@ -63,7 +66,11 @@ class PolicyRuns:
         elif isinstance(item, Resume):
             batch.results.append((item.future, self.book.resume(item.callback)))
         elif isinstance(item, Replay):
-            self._replay(item, batch)
+            try:
+                self._replay(item, batch)
+            except (sqlite3.Error, ValueError) as exc:  # contained: the reply says why
+                log.error("replay failed selector=%s error=%s", item.selector, exc)
+                batch.queries.append((item.future, None, exc))
 
     def _transaction(self) -> bool:
         assert self._db is not None
@@ -105,14 +112,21 @@ class PolicyRuns:
         request = request_of(row, cb)
         return dataclasses.replace(request, **change) if change else request
 
+    def _rows_of(self, ids: list[int]) -> Iterator[store.RunRow]:
+        """The stored runs of these ids, in order, read in chunks (SQLite caps the number
+        of parameters of one statement)."""
+        assert self._db is not None
+        for i in range(0, len(ids), ID_CHUNK):
+            chunk = ids[i : i + ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from store.run_rows(self._db, f"r.run_id IN ({marks}) ORDER BY r.run_id", chunk)
+
     def _replay(self, item: Replay, batch: Batch) -> None:
         """New runs of stored runs' callbacks for their events, marked replayed (§7.3)."""
         assert self._db is not None
         ids = reads.replay_sources(self._db, item.selector, REPLAY_LIMIT)
-        marks = ",".join("?" * len(ids))
-        rows = store.run_rows(self._db, f"r.run_id IN ({marks}) ORDER BY r.run_id", ids)
         made: list[int] = []
-        for row in rows:
+        for row in self._rows_of(ids):
             run_id = self.counters["last_run_id"] = self.counters["last_run_id"] + 1
             req = self._request(row, batch, run_id=run_id, attempt=1, first_run_id=None,
                                 replayed=True, redelivered=False)  # fmt: skip

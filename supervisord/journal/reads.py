@@ -79,10 +79,13 @@ def waiting_through(db: sqlite3.Connection, seq: int) -> dict[str, int]:
 def replay_sources(db: sqlite3.Connection, selector: dict[str, Any], limit: int) -> list[int]:
     """The run ids a replay request names (SPEC §7.3): given ids, dead runs, or an event's."""
     if "runs" in selector:
-        ids = [int(i) for i in selector["runs"]]
-        marks = ",".join("?" * len(ids))
-        found = db.execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", ids)
-        return sorted(int(r[0]) for r in found)
+        ids = [int(i) for i in selector["runs"]][:limit]
+        found: list[int] = []
+        for i in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
+            chunk = ids[i : i + 500]
+            sql = f"SELECT run_id FROM runs WHERE run_id IN ({','.join('?' * len(chunk))})"
+            found += [int(r[0]) for r in db.execute(sql, chunk)]
+        return sorted(found)
     where, args = [], []
     if selector.get("dead"):
         where.append("dead = 1")

@@ -217,10 +217,11 @@ class Sequencer(Handover, Numbering, PolicyRuns):
                 db.execute("BEGIN IMMEDIATE")
             store.insert_events(db, batch.events)
             store.insert_runs(db, batch.runs)
+            # Before the ends: a replay whose callback no longer loads ends in this batch.
+            store.insert_delivery_runs(db, batch.policy_runs)
             store.mark_started(db, batch.started)
             store.mark_finished(db, batch.finished)
             store.insert_actions(db, batch.actions)
-            store.insert_delivery_runs(db, batch.policy_runs)
             store.set_state(db, batch.moves)
             breakers = self.book.take_dirty()
             if breakers:
