@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from supervisord.core.errors import EventError
 from supervisord.core.events import validate_event
 from supervisord.core.matching import match
-from supervisord.daemon.policyops import PolicyOps, int_field
+from supervisord.daemon.policyops import PolicyOps, int_field, str_field
 from supervisord.daemon.server import Connection, Reply, error
 from supervisord.journal import reads
 
@@ -116,10 +116,7 @@ class Ops:
     async def op_history(self, doc: dict[str, Any], conn: Connection) -> Reply:
         job = int_field(doc, "job")
         limit = int_field(doc, "limit", 100) or 100
-        callback, outcome = doc.get("callback"), doc.get("outcome")
-        for name, value in (("callback", callback), ("outcome", outcome)):
-            if value is not None and not isinstance(value, str):
-                raise EventError(name, f"expected a string, got {value!r}")
+        callback, outcome = str_field(doc, "callback"), str_field(doc, "outcome")
 
         dead = doc.get("dead") is True
 

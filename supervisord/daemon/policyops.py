@@ -24,7 +24,7 @@ def int_field(doc: dict[str, Any], name: str, default: int | None = None) -> int
     return value
 
 
-def _str_field(doc: dict[str, Any], name: str) -> str | None:
+def str_field(doc: dict[str, Any], name: str) -> str | None:
     value = doc.get(name)
     if value is not None and not isinstance(value, str):
         raise EventError(name, f"expected a string, got {value!r}")
@@ -36,7 +36,7 @@ def replay_selector(doc: dict[str, Any]) -> dict[str, Any]:
     given = [k for k in ("runs", "dead", "seq") if doc.get(k) not in (None, False)]
     if len(given) != 1:
         raise EventError("runs", "expected exactly one of runs (a list of run ids), dead or seq")
-    callback = _str_field(doc, "callback")
+    callback = str_field(doc, "callback")
     selector: dict[str, Any] = {} if callback is None else {"callback": callback}
     if given == ["runs"]:
         runs = doc["runs"]
@@ -61,7 +61,7 @@ class PolicyOps:
         self.d = daemon
 
     async def op_dead(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        callback = _str_field(doc, "callback")
+        callback = str_field(doc, "callback")
         limit = max(1, min(int_field(doc, "limit", 100) or 100, 100_000))
 
         def read(db: Any, _state: MatchState) -> list[dict[str, Any]]:
@@ -79,7 +79,7 @@ class PolicyOps:
         return reply
 
     async def op_resume(self, doc: dict[str, Any], conn: Connection) -> Reply:
-        callback = _str_field(doc, "callback")
+        callback = str_field(doc, "callback")
         if not callback:
             raise EventError("callback", "required: the callback file whose breaker to close")
         if callback not in {cb.file for cb in self.d.table.callbacks}:

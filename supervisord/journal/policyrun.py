@@ -9,13 +9,12 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, Final
 
-from supervisord.core.errors import ConfigErrors, QbError
 from supervisord.core.matching import Table
 from supervisord.core.runtypes import RunRequest
 from supervisord.journal import reads, store
 from supervisord.journal.batch import Batch, Finished, Hold, Replay, Resume
 from supervisord.journal.delivery import Book, retry_row
-from supervisord.journal.recovery import request_of, resolve_callback
+from supervisord.journal.recovery import callback_or_reason, request_of
 
 log = logging.getLogger("supervisord.journal.sequencer")  # one logger for the whole thread
 
@@ -102,12 +101,11 @@ class PolicyRuns:
 
     def _request(self, row: store.RunRow, batch: Batch, **change: Any) -> RunRequest | None:
         """A stored run as a request; a callback that no longer loads ends it as an error."""
-        try:
-            cb = resolve_callback(row.cb, self.table)
-        except (OSError, QbError, ConfigErrors) as exc:
-            reason = f"cannot run: callback {row.cb['file']} no longer loads: {exc}"
-            run_id = change.get("run_id", row.run_id)
-            batch.finished.append(store.error_row(reason, run_id))
+        cb = callback_or_reason(row.cb, self.table)
+        if isinstance(cb, str):
+            batch.finished.append(
+                store.error_row(f"cannot run: {cb}", change.get("run_id", row.run_id))
+            )
             return None
         request = request_of(row, cb)
         return dataclasses.replace(request, **change) if change else request

@@ -47,6 +47,14 @@ def resolve_callback(record: dict[str, Any], table: Table) -> Callback:
     )  # fmt: skip
 
 
+def callback_or_reason(record: dict[str, Any], table: Table) -> Callback | str:
+    """The callback a stored run names (``resolve_callback``), or why it no longer loads."""
+    try:
+        return resolve_callback(record, table)
+    except (OSError, QbError, ConfigErrors) as exc:
+        return f"callback {record['file']} no longer loads: {exc}"
+
+
 def request_of(row: store.RunRow, cb: Callback, *, redelivered: bool = False) -> RunRequest:
     """The run request of a stored run, as it was made (attempt, chain, replay)."""
     return RunRequest(
@@ -66,11 +74,9 @@ def recover_runs(db: sqlite3.Connection, table: Table, clean_start: bool) -> lis
             log.error("run given up run_id=%d seq=%d reason=%r", row.run_id, row.seq, reason)
             given_up.append(store.error_row(reason, row.run_id))
             continue
-        try:
-            cb = resolve_callback(row.cb, table)
-        except (OSError, QbError, ConfigErrors) as exc:
-            reason = f"cannot redeliver: callback {row.cb['file']} no longer loads: {exc}"
-            given_up.append(store.error_row(reason, row.run_id))
+        cb = callback_or_reason(row.cb, table)
+        if isinstance(cb, str):
+            given_up.append(store.error_row(f"cannot redeliver: {cb}", row.run_id))
             continue
         # After a crash any unfinished run may have started: say it is a redelivery.
         redelivered = row.attempts > 0 or not clean_start
