@@ -198,19 +198,26 @@ def test_breaker_half_open_trial_closes_it_on_success(
     )
 
 
-def test_concurrency_cap_and_fair_share(daemon_factory: Callable[..., Daemon]) -> None:
-    """One global slot: a flood of hold.py waits its turn behind mark.py's one run."""
-    policy = "hold.py:\n  concurrency: 1\n"
+def flood_then_mark(
+    daemon_factory: Callable[..., Daemon], slots: int, policy: str | None = None
+) -> Daemon:
+    """Five runs of hold.py (the first one started), then one event for mark.py."""
+    files = {"hold.py": HOLD, "mark.py": MARK} | ({"policy.yaml": policy} if policy else {})
     d = daemon_factory(
-        {"hold.py": HOLD, "mark.py": MARK, "policy.yaml": policy},
-        "hold.py = complete-job-self\nmark.py = failed-job-self\n",
-        qbconf_extra="supervisor_callback_concurrency = 2\n"
+        files, "hold.py = complete-job-self\nmark.py = failed-job-self\n",
+        qbconf_extra=f"supervisor_callback_concurrency = {slots}\n"
         "supervisor_callback_per_job_order = false\n",
     )  # fmt: skip
     for job in range(1, 6):
         d.request(event("complete", job=job))
     wait_for_file(d.root / "started-1")
     d.request(event("failed", job=100))
+    return d
+
+
+def test_concurrency_cap_and_fair_share(daemon_factory: Callable[..., Daemon]) -> None:
+    """One global slot: a flood of hold.py waits its turn behind mark.py's one run."""
+    d = flood_then_mark(daemon_factory, slots=2, policy="hold.py:\n  concurrency: 1\n")
     # The second slot is free but hold.py is at its cap: mark.py takes it at once.
     assert wait_for_file(d.root / "mark-100") == "mark.py"
     status = d.request({"op": "status"})["per_callback"]["hold.py"]
@@ -225,16 +232,7 @@ def test_concurrency_cap_and_fair_share(daemon_factory: Callable[..., Daemon]) -
 def test_round_robin_gives_the_next_slot_to_another_callback(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
-    d = daemon_factory(
-        {"hold.py": HOLD, "mark.py": MARK},
-        "hold.py = complete-job-self\nmark.py = failed-job-self\n",
-        qbconf_extra="supervisor_callback_concurrency = 1\n"
-        "supervisor_callback_per_job_order = false\n",
-    )  # fmt: skip
-    for job in range(1, 6):
-        d.request(event("complete", job=job))
-    wait_for_file(d.root / "started-1")
-    d.request(event("failed", job=100))
+    d = flood_then_mark(daemon_factory, slots=1)
     (d.root / "release-1").touch()
     # Round robin: mark.py's run is next, not hold.py's second of five.
     assert wait_for_file(d.root / "mark-100") == "mark.py"
