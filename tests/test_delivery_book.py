@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
+from typing import Any
 
 from supervisord.core.model import Callback
 from supervisord.core.policy import Policy
@@ -26,9 +26,9 @@ def failed(at: float) -> RunResult:
 
 
 def test_a_retry_scheduled_in_the_batch_that_collects_another_is_not_forgotten(
-    tmp_path: Path,
+    journal_db: Any,
 ) -> None:
-    db = store.connect(str(tmp_path))
+    db = journal_db
     book = Book(lambda cb: RETRY, random.Random(1))
     # A retry already stored, due now.
     store.insert_delivery_runs(db, [retry_row(request(1), 2, 100.0)])
@@ -43,4 +43,3 @@ def test_a_retry_scheduled_in_the_batch_that_collects_another_is_not_forgotten(
     assert book.next_due == ending.retry_due  # not None: the unwritten retry keeps its time
     assert book.next_deadline(110.0) == ending.retry_due
     db.execute("COMMIT")
-    db.close()

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from supervisord.journal import reads, store
 from tests.daemon_harness import DEADLINE, Client, Daemon, event, wait_for_file
@@ -159,17 +160,16 @@ def test_reloads_under_load_lose_nothing(daemon_factory: Callable[..., Daemon]) 
     assert {eid for eid, _ in ran(d.root)} == set(acked)
 
 
-def test_counters_are_recounted_from_the_newest_event(tmp_path: Path) -> None:
+def test_counters_are_recounted_from_the_newest_event(journal_db: Any) -> None:
     # A commit of events alone leaves `meta` behind; the events table has the truth, and
     # pruning always keeps the newest event so that it stays there.
-    db = store.connect(str(tmp_path))
+    db = journal_db
     store.write_meta(db, {"last_seq": 2, "events_total": 5, "runs_total": 1})
     store.insert_events(db, [(s, f"e{s}", 0.0, "{}") for s in (1, 2, 3, 4)])
     counters = store.read_counters(db)
     assert (counters["last_seq"], counters["events_total"], counters["runs_total"]) == (4, 7, 1)
     assert reads.prune(db, 10.0, 100) == 3
     assert store.read_counters(db)["last_seq"] == 4
-    db.close()
 
 
 def test_seq_continues_after_kill9_of_event_only_commits(

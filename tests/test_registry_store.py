@@ -25,7 +25,7 @@ from supervisord.core.registry import JobRegistry
 from supervisord.core.timers import due_events, next_deadline
 from supervisord.core.triggers import parse_trigger, terms_of
 from supervisord.journal import schema, store
-from supervisord.journal.state import JournalJobs
+from supervisord.journal.state import JournalJobs, save_state
 
 RETENTION = 100.0
 
@@ -297,8 +297,10 @@ def old_journal(path: Path, version: int) -> None:
 def test_journals_of_schema_1_and_2_migrate_in_place(tmp_path: Path, version: int) -> None:
     old_journal(tmp_path, version)
     db = store.connect(str(tmp_path), "off")
-    assert store.read_flag(db, "schema") == str(schema.SCHEMA_VERSION) == "3"
-    assert db.execute("SELECT attempt, dead, left_running FROM runs").fetchall() == [(1, 0, 0)]
+    assert store.read_flag(db, "schema") == str(schema.SCHEMA_VERSION) == "4"
+    assert db.execute("SELECT attempt, dead, left_running, member FROM runs").fetchall() == [
+        (1, 0, 0, None)
+    ]
     rows = db.execute("SELECT id, doc, pgrp, pid, done_at FROM jobs ORDER BY id").fetchall()
     assert [(i, json.loads(d), g, p, t) for i, d, g, p, t in rows] == [
         (1, {"id": 1, "label": "main", "pgrp": 1, "status": "running"}, None, None, None),
@@ -318,7 +320,23 @@ def test_journals_of_schema_1_and_2_migrate_in_place(tmp_path: Path, version: in
 
 def test_a_journal_newer_than_the_daemon_is_refused(tmp_path: Path) -> None:
     store.connect(str(tmp_path), "off").close()
+    newer = schema.SCHEMA_VERSION + 1
     with sqlite3.connect(tmp_path / "journal.db") as db:
-        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
-    with pytest.raises(StoreError, match="schema 4"):
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(newer),))
+    with pytest.raises(StoreError, match=f"schema {newer}"):
         store.connect(str(tmp_path), "off")
+
+
+def test_a_schema_3_journal_keeps_one_latch_per_key_without_an_owner(tmp_path: Path) -> None:
+    # Schema 3 let `INSERT OR REPLACE` add a second row for a latch with no owner (SQLite's
+    # NULL in a primary key never conflicts); schema 4 keeps the newest and replaces it after.
+    store.connect(str(tmp_path), "off").close()
+    with sqlite3.connect(tmp_path / "journal.db") as db:
+        db.execute("DROP INDEX latches_key")
+        db.executemany("INSERT INTO latches VALUES ('k', NULL, ?)", [("[1]",), ("[1,2]",)])
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db2 = store.connect(str(tmp_path), "off")
+    assert db2.execute("SELECT terms FROM latches").fetchall() == [("[1,2]",)]
+    save_state(db2, {("k", None): frozenset({3})}, {})
+    assert db2.execute("SELECT terms FROM latches").fetchall() == [("[3]",)]
+    db2.close()

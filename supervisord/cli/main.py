@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from supervisord.cli import emit, policy
+from supervisord.cli import emit, fleet, policy
 from supervisord.cli.common import (
     COMMON,
     EX_CONFIG,
@@ -153,7 +153,7 @@ _OPTIONS: Final[dict[str, tuple[Option, ...]]] = (
 
 
 def _history(reply: dict[str, Any]) -> str:
-    return textfmt.format_history(reply.get("runs") or [])
+    return fleet.format_runs(reply.get("runs") or [])
 
 
 def _callbacks(reply: dict[str, Any]) -> str:
@@ -164,6 +164,7 @@ _COMMANDS: Final[tuple[tuple[str, str, Handler], ...]] = (
     ("serve", "run the daemon in the foreground", cmd_serve),
     ("check", "validate qb.conf and every callbacks.conf", cmd_check),
     ("status", "daemon status", simple("status", statusfmt.format_status)),
+    ("fleet", "the members sharing this journal (--json: the list)", fleet.cmd_fleet),
     ("callbacks", "the loaded callback table", simple("callbacks", _callbacks)),
     ("history", "callback runs, newest first", simple("history", _history, _HISTORY_FIELDS)),
     (

@@ -202,3 +202,11 @@ class Settings:
     # supervisor_callback_background_timeout [3600]: seconds that processes a callback left
     # running may outlive its exit before they are stopped (SPEC §4).
     background_timeout: float = 3600.0
+    # SPEC §8, a fleet on PostgreSQL. supervisor_callback_journal [sqlite]: `sqlite` or a
+    # PostgreSQL connection string; supervisor_callback_member [host:socket path] names this
+    # daemon among the members of one database (empty: the default); _role [all]: all,
+    # executor or intake; _lease [10]: seconds a dead member's claimed runs stay its own.
+    journal: str = "sqlite"
+    member: str = ""
+    role: str = "all"
+    lease: float = 10.0

@@ -104,6 +104,14 @@ def _text(value: str) -> str:
     return value
 
 
+def _journal(value: str) -> str:
+    """`sqlite`, or a PostgreSQL connection string (a URL or libpq's key=value words)."""
+    text = value.strip()
+    if text == "sqlite" or text.startswith(("postgresql://", "postgres://")) or "=" in text:
+        return text
+    raise Invalid("sqlite or a PostgreSQL connection string (postgresql://user@host/db)")
+
+
 _SECONDS: Final = _number(0, False, "seconds (a number > 0)")
 _SECONDS_OR_ZERO: Final = _number(0, True, "seconds (a number >= 0)")
 _CONNECTION_TYPES: Final = {
@@ -178,6 +186,14 @@ KEYS: Final[dict[str, tuple[str, Callable[[str], Any], bool]]] = {
         False,
     ),
     "supervisor_callback_background_timeout": ("background_timeout", _SECONDS, False),
+    "supervisor_callback_journal": ("journal", _journal, False),
+    "supervisor_callback_member": ("member", _text, False),
+    "supervisor_callback_role": (
+        "role",
+        _choice({r: r for r in ("all", "executor", "intake")}, "all, executor or intake"),
+        False,
+    ),
+    "supervisor_callback_lease": ("lease", _SECONDS, False),
     "supervisor_callback_log_level": (
         "log_level",
         _choice({level: level for level in LOG_LEVELS}, f"a log level ({', '.join(LOG_LEVELS)})"),

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from supervisord.journal.backend import Db
 from supervisord.journal.batch import Query
 
 if TYPE_CHECKING:
@@ -45,11 +46,11 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 _malloc_trim: Final = _load_malloc_trim()
 
 
-def release(db: sqlite3.Connection | None) -> None:
+def release(db: Db | None) -> None:
     """Give back what the last burst left held: SQLite's cached pages (read again from the
     OS page cache when next needed), CPython's free lists (a full collection clears them),
     then every free page malloc holds. A few milliseconds; call it when idle."""
-    if db is not None:
+    if isinstance(db, sqlite3.Connection):  # PostgreSQL keeps its cache in its server
         try:
             db.execute("PRAGMA shrink_memory")
         except sqlite3.Error as exc:  # only memory is at stake: note it and go on
@@ -59,7 +60,7 @@ def release(db: sqlite3.Connection | None) -> None:
         _malloc_trim(_TRIM_PAD)
 
 
-def _release_on_sequencer(db: sqlite3.Connection, _state: object) -> None:
+def _release_on_sequencer(db: Db, _state: object) -> None:
     release(db)
 
 

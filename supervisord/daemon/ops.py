@@ -14,6 +14,8 @@ from supervisord.core.matching import match
 from supervisord.daemon.policyops import PolicyOps, int_field, str_field
 from supervisord.daemon.server import Connection, Reply, error
 from supervisord.journal import reads
+from supervisord.journal.backend import is_shared, member_name
+from supervisord.journal.fleet import fleet_view
 
 if TYPE_CHECKING:
     from supervisord.core.matching import MatchState
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 SUBSCRIBER_BUFFER: Final = 4 << 20
 # Durations kept per callback for the p50/p99 of `status`.
 DURATION_SAMPLES: Final = 512
+# Seconds between looks at the journal while `wait` waits for a fleet's runs.
+FLEET_WAIT_POLL: Final = 0.05
 
 
 class Samples:
@@ -105,6 +109,8 @@ class Ops:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise EventError("timeout", f"expected a number of seconds >= 0, got {timeout!r}")
         scheduler, end = self.d.scheduler, time.monotonic() + float(timeout)
+        if is_shared(self.d.settings):
+            return await self._wait_fleet(seq, end)
         while True:
             done = await scheduler.wait(seq, max(0.0, end - time.monotonic()))
             waiting = await self.d.query(lambda db, _state: reads.waiting_through(db, seq))
@@ -112,6 +118,17 @@ class Ops:
             # retry that came due meanwhile) were handed to the scheduler first: look again.
             if not done or scheduler.is_done_through(seq):
                 return {"ok": True, "done": done, "seq": seq, **waiting}
+
+    async def _wait_fleet(self, seq: int, end: float) -> Reply:
+        """`wait` in a fleet: the runs of events up to ``seq`` may run on any member, so the
+        journal is asked, every FLEET_WAIT_POLL seconds, until none is unfinished."""
+        while True:
+            left = await self.d.query(lambda db, _state: reads.unfinished_through(db, seq))
+            done = left["unfinished"] == 0
+            if done or time.monotonic() >= end:
+                waiting = {k: v for k, v in left.items() if k != "unfinished"}
+                return {"ok": True, "done": done, "seq": seq, **waiting}
+            await asyncio.sleep(min(FLEET_WAIT_POLL, max(0.0, end - time.monotonic())))
 
     async def op_history(self, doc: dict[str, Any], conn: Connection) -> Reply:
         job = int_field(doc, "job")
@@ -124,7 +141,12 @@ class Ops:
             count = max(1, min(limit, 100_000))
             return reads.history(db, job, callback, outcome, count, dead=dead)
 
-        return {"ok": True, "runs": await self.d.query(read)}
+        rows = await self.d.query(read)
+        if not is_shared(self.d.settings):  # one daemon: every run was this one's
+            me = member_name(self.d.settings)
+            for row in rows:
+                row["member"] = me
+        return {"ok": True, "runs": rows}
 
     async def op_reload(self, doc: dict[str, Any], conn: Connection) -> Reply:
         return await self.d.reload()
@@ -169,8 +191,14 @@ class Ops:
 
     async def full_status(self) -> dict[str, Any]:
         """`status` with the delivery policy's counts, read after every write queued before."""
-        waiting = await self.d.query(lambda db, _state: reads.waiting_counts(db))
+        settings, running = self.d.settings, self.d.scheduler.running
+
+        def read(db: Any, _state: MatchState) -> tuple[Any, Any]:
+            return reads.waiting_counts(db), fleet_view(db, settings, running)
+
+        waiting, fleet = await self.d.query(read)
         doc = self.status_doc()
+        doc["fleet"] = fleet
         extra = self.policy.status(waiting)
         per_cb = doc["per_callback"]
         for name, fields in extra.pop("delivery").items():

@@ -18,6 +18,7 @@ from supervisord.daemon.acceptor import Acceptor
 from supervisord.daemon.limits import connection_limit
 from supervisord.daemon.listener import allowed_uids, bind, unlink_if_ours
 from supervisord.daemon.load import Loaded
+from supervisord.daemon.members import Member
 from supervisord.daemon.memory import IdleRelease
 from supervisord.daemon.ops import Ops
 from supervisord.daemon.policies import Policies
@@ -67,6 +68,7 @@ class Daemon(Reloading, Runs):
         self.scheduler.on_drained = self._resume_congested
         self.scheduler.on_idle = IdleRelease(self)  # memory back to the system after bursts
         self.sequencer: Sequencer | None = None
+        self.member: Member | None = None
         self._clock: asyncio.TimerHandle | None = None
         self._socket_inode: int | None = None
         self.acceptor: Acceptor | None = None
@@ -93,15 +95,16 @@ class Daemon(Reloading, Runs):
         self.sequencer.start()
         self.scheduler.note_seq(self.sequencer.counters["last_seq"])
         self.scheduler.submit(recovered)
-        inherited = listen_fds(os.environ)
-        if inherited:
-            sock = inherited[0]
-            log.info("using inherited socket fd=%d", sock.fileno())
-        else:
-            sock = bind(self.settings)
-            self._socket_inode = os.stat(self.settings.event_socket).st_ino
         limit = connection_limit(self.settings)
-        self.acceptor = Acceptor(sock, lambda: Connection(self), limit)
+        if self.settings.role != "executor":  # an executor only runs callbacks (SPEC §8)
+            inherited = listen_fds(os.environ)
+            if inherited:
+                sock = inherited[0]
+                log.info("using inherited socket fd=%d", sock.fileno())
+            else:
+                sock = bind(self.settings)
+                self._socket_inode = os.stat(self.settings.event_socket).st_ino
+            self.acceptor = Acceptor(sock, lambda: Connection(self), limit)
         for signum, handler in (
             (signal.SIGTERM, self._stop.set),
             (signal.SIGINT, self._stop.set),
@@ -110,10 +113,13 @@ class Daemon(Reloading, Runs):
             loop.add_signal_handler(signum, handler)
         await self._warm_runner()
         self.sequencer.submit(Tick())  # fire time triggers that passed while we were down
+        self.member = Member(self.settings, self.sequencer, self.scheduler)
+        self.member.start()  # a fleet's heartbeat and NOTIFY listener; nothing on SQLite
         log.info(
-            "listening socket=%s callbacks=%d redelivered=%d max_connections=%d loop=%s",
-            self.settings.event_socket, len(self.table.callbacks), len(recovered), limit,
-            type(loop).__module__,
+            "listening socket=%s callbacks=%d redelivered=%d max_connections=%d loop=%s"
+            " role=%s",
+            self.settings.event_socket if self.acceptor else "-", len(self.table.callbacks),
+            len(recovered), limit, type(loop).__module__, self.settings.role,
         )  # fmt: skip
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
 
@@ -150,6 +156,8 @@ class Daemon(Reloading, Runs):
         self.notifier.notify("STOPPING=1")
         if self._clock is not None:
             self._clock.cancel()
+        if self.member is not None:
+            self.member.stop()  # claims no more: what is claimed and not started goes back
         await self.scheduler.drain()
         await self.runner.aclose()
         for conn in list(self.subscribers) + list(self.tails):

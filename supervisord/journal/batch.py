@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from supervisord.core.matching import MatchState
 from supervisord.core.model import Event
 from supervisord.core.runtypes import RunRequest, RunResult
+from supervisord.journal.backend import Db
 
 Reply = dict[str, Any]
 
@@ -27,7 +27,7 @@ class Intake:
 class Query:
     """Work that reads or changes sequencer state, run in order with the writes."""
 
-    fn: Callable[[sqlite3.Connection, MatchState], Any]
+    fn: Callable[[Db, MatchState], Any]
     future: asyncio.Future[Any]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,6 +29,7 @@ from supervisord.core.model import Callback
 from supervisord.core.policy import DEFAULT_POLICY, Policy
 from supervisord.core.runtypes import RunRequest, RunResult
 from supervisord.journal import state, store
+from supervisord.journal.backend import Db
 from supervisord.journal.recovery import callback_record
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Book:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self, db: sqlite3.Connection) -> None:
+    def load(self, db: Db) -> None:
         self.breakers = {}
         for file, doc in state.load_breakers(db).items():
             try:
@@ -84,7 +84,7 @@ class Book:
         self._unwritten = None  # a failed commit wrote none of them: the journal has the truth
         self.refresh_due(db)
 
-    def refresh_due(self, db: sqlite3.Connection) -> None:
+    def refresh_due(self, db: Db) -> None:
         row = db.execute("SELECT min(due) FROM runs WHERE state = 'retrying'").fetchone()
         stored = None if row is None or row[0] is None else float(row[0])
         times = [t for t in (stored, self._unwritten) if t is not None]
@@ -193,7 +193,7 @@ class Book:
             times.append(now)
         return min(times, default=None)
 
-    def collect_due(self, db: sqlite3.Connection, now: float) -> Iterable[store.RunRow]:
+    def collect_due(self, db: Db, now: float) -> Iterable[store.RunRow]:
         """Rows to start now; each is already moved to ``pending`` (or back to ``held``)."""
         moves: list[tuple[str, int]] = []
         rows: list[store.RunRow] = []
@@ -230,7 +230,7 @@ class Book:
         store.set_state(db, moves)
         return rows
 
-    def _held_rows(self, db: sqlite3.Connection, file: str, limit: int) -> list[store.RunRow]:
+    def _held_rows(self, db: Db, file: str, limit: int) -> list[store.RunRow]:
         where = "r.state = 'held' AND r.callback = ? ORDER BY r.run_id LIMIT ?"
         return list(store.run_rows(db, where, (file, limit)))
 

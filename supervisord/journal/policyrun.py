@@ -12,6 +12,7 @@ from typing import Any, Final
 from supervisord.core.matching import Table
 from supervisord.core.runtypes import RunRequest
 from supervisord.journal import reads, store
+from supervisord.journal.backend import Db
 from supervisord.journal.batch import Batch, Finished, Hold, Replay, Resume
 from supervisord.journal.delivery import Book, retry_row
 from supervisord.journal.recovery import callback_or_reason, request_of
@@ -30,7 +31,7 @@ class PolicyRuns:
     table: Table
     counters: dict[str, int]
     book: Book
-    _db: sqlite3.Connection | None
+    _db: Db | None
 
     def _journal_failed(self, exc: sqlite3.Error, events: int) -> None:
         raise NotImplementedError

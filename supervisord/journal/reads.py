@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Final
+
+from supervisord.journal.backend import Db
 
 _HISTORY: Final = (
     "SELECT run_id, seq, event_id, callback, owner, started, ended, exit_code, signal,"
     " outcome, truncated, log, actions, state, attempts, description, attempt,"
-    " coalesce(first_run_id, run_id), dead, replayed, left_running, due FROM runs"
+    " coalesce(first_run_id, run_id), dead, replayed, left_running, due, member FROM runs"
 )
 
 
 def history(
-    db: sqlite3.Connection,
+    db: Db,
     job: int | None,
     callback: str | None,
     outcome: str | None,
@@ -44,11 +45,11 @@ def _history_row(r: tuple[Any, ...]) -> dict[str, Any]:
         "truncated": bool(r[10]), "log": r[11], "actions": json.loads(r[12]) if r[12] else [],
         "state": r[13], "attempts": r[14], "description": r[15], "attempt": r[16],
         "first_run_id": r[17], "dead": bool(r[18]), "replayed": bool(r[19]),
-        "left_running": r[20], "retry_at": r[21],
+        "left_running": r[20], "retry_at": r[21], "member": r[22],
     }  # fmt: skip
 
 
-def waiting_counts(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+def waiting_counts(db: Db) -> dict[str, dict[str, int]]:
     """Per callback: runs ``held`` by a breaker and ``retrying`` after a backoff, and
     ``dead`` runs in the history."""
     counts: dict[str, dict[str, int]] = {}
@@ -64,7 +65,7 @@ def waiting_counts(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
     return counts
 
 
-def waiting_through(db: sqlite3.Connection, seq: int) -> dict[str, int]:
+def waiting_through(db: Db, seq: int) -> dict[str, int]:
     """Runs of events up to ``seq`` that wait for a retry or are held (for `wait`)."""
     rows = dict(
         db.execute(
@@ -76,7 +77,25 @@ def waiting_through(db: sqlite3.Connection, seq: int) -> dict[str, int]:
     return {"retrying": int(rows.get("retrying", 0)), "held": int(rows.get("held", 0))}
 
 
-def replay_sources(db: sqlite3.Connection, selector: dict[str, Any], limit: int) -> list[int]:
+def unfinished_through(db: Db, seq: int) -> dict[str, int]:
+    """Runs of events up to ``seq`` not finished: waiting to start or running anywhere in
+    the fleet (``unfinished``), and waiting for a retry or held (for a fleet's `wait`)."""
+    rows = dict(
+        db.execute(
+            "SELECT state, count(*) FROM runs WHERE state != 'finished' AND seq <= ?"
+            " GROUP BY state",
+            (seq,),
+        ).fetchall()
+    )
+    unfinished = sum(int(rows.get(s, 0)) for s in ("pending", "claimed", "running"))
+    return {
+        "unfinished": unfinished,
+        "retrying": int(rows.get("retrying", 0)),
+        "held": int(rows.get("held", 0)),
+    }
+
+
+def replay_sources(db: Db, selector: dict[str, Any], limit: int) -> list[int]:
     """The run ids a replay request names (SPEC §7.3): given ids, dead runs, or an event's."""
     if "runs" in selector:
         ids = [int(i) for i in selector["runs"]][:limit]
@@ -103,7 +122,7 @@ def replay_sources(db: sqlite3.Connection, selector: dict[str, Any], limit: int)
     return [int(r[0]) for r in db.execute(sql, [*args, limit])]
 
 
-def actions_since(db: sqlite3.Connection, since: int) -> list[dict[str, Any]]:
+def actions_since(db: Db, since: int) -> list[dict[str, Any]]:
     rows = db.execute(
         "SELECT action_id, seq, callback, job_id, action, target FROM actions"
         " WHERE seq > ? ORDER BY action_id",
@@ -115,7 +134,7 @@ def actions_since(db: sqlite3.Connection, since: int) -> list[dict[str, Any]]:
     ]
 
 
-def prune(db: sqlite3.Connection, before: float, chunk: int) -> int:
+def prune(db: Db, before: float, chunk: int) -> int:
     """Forget finished runs and events older than `before`, at most `chunk` rows each."""
     n = db.execute(
         "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs WHERE state = 'finished'"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any, Final
 
 from supervisord.core.errors import ConfigErrors, QbError
@@ -11,6 +10,7 @@ from supervisord.core.matching import Table
 from supervisord.core.model import Callback
 from supervisord.core.runtypes import RunRequest
 from supervisord.journal import store
+from supervisord.journal.backend import Db
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def request_of(row: store.RunRow, cb: Callback, *, redelivered: bool = False) ->
     )  # fmt: skip
 
 
-def recover_runs(db: sqlite3.Connection, table: Table, clean_start: bool) -> list[RunRequest]:
+def recover_runs(db: Db, table: Table, clean_start: bool) -> list[RunRequest]:
     """Unfinished runs in their original order; runs past MAX_ATTEMPTS are closed as errors."""
     requests: list[RunRequest] = []
     given_up: list[tuple[Any, ...]] = []

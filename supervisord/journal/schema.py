@@ -11,7 +11,8 @@ from supervisord.core.jobstore import row_parts, stored_job
 
 # 2: runs gained attempt, first_run_id, due, dead, replayed, left_running; breakers.
 # 3: jobs gained pgrp, pid and done_at columns, indexed (see _migrate_jobs).
-SCHEMA_VERSION: Final = 3
+# 4: runs gained member (the fleet member that ran it; SPEC §8), NULL on SQLite.
+SCHEMA_VERSION: Final = 4
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS runs (
     description TEXT, truncated INTEGER NOT NULL DEFAULT 0, log TEXT, actions TEXT,
     attempt INTEGER NOT NULL DEFAULT 1, first_run_id INTEGER, due REAL,
     dead INTEGER NOT NULL DEFAULT 0, replayed INTEGER NOT NULL DEFAULT 0,
-    left_running INTEGER NOT NULL DEFAULT 0);
+    left_running INTEGER NOT NULL DEFAULT 0, member TEXT);
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs(run_id) WHERE state != 'finished';
 CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, run_id);
 CREATE INDEX IF NOT EXISTS runs_seq ON runs(seq);
@@ -49,12 +50,13 @@ CREATE INDEX IF NOT EXISTS runs_dead ON runs(callback, run_id) WHERE dead = 1;
 CREATE INDEX IF NOT EXISTS jobs_pgrp ON jobs(pgrp) WHERE pgrp IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_pid ON jobs(pid) WHERE pid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_done ON jobs(done_at) WHERE done_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS latches_key ON latches(cb_key, ifnull(owner, -1));
 """
-# Columns schema 2 added to `runs`, for journals written by schema 1.
+# Columns schemas 2 and 4 added to `runs`, for journals written by older daemons.
 _RUN_COLUMNS_2: Final = (
     "attempt INTEGER NOT NULL DEFAULT 1", "first_run_id INTEGER", "due REAL",
     "dead INTEGER NOT NULL DEFAULT 0", "replayed INTEGER NOT NULL DEFAULT 0",
-    "left_running INTEGER NOT NULL DEFAULT 0",
+    "left_running INTEGER NOT NULL DEFAULT 0", "member TEXT",
 )  # fmt: skip
 
 
@@ -79,6 +81,14 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
     if "done_at" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:
         _migrate_jobs(db)
+    if version < 4:
+        # SQLite lets a primary key column hold NULL, and NULLs never conflict: a latch with
+        # no owner was added again, not replaced, at each save. The newest row is the one
+        # that was meant; the unique index (_INDEXES) makes later saves replace it.
+        db.execute(
+            "DELETE FROM latches WHERE rowid NOT IN"
+            " (SELECT max(rowid) FROM latches GROUP BY cb_key, ifnull(owner, -1))"
+        )
     db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
 

@@ -16,16 +16,19 @@ from supervisord.core.matching import MatchState, Table
 from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
 from supervisord.core.timers import next_deadline
-from supervisord.journal import reads, state, store
+from supervisord.journal import backend, reads, state, store
+from supervisord.journal.backend import JournalError
 from supervisord.journal.batch import (
     Batch,
     Finished,
+    Hold,
     Intake,
     Query,
     Started,
     Tick,
 )
 from supervisord.journal.delivery import Book
+from supervisord.journal.fleet import Fleet, Heartbeat, Wake
 from supervisord.journal.handover import Handover
 from supervisord.journal.intake import Numbering
 from supervisord.journal.policyrun import PolicyRuns
@@ -39,7 +42,7 @@ PRUNE_CHUNK: Final = 2000
 HOUSEKEEPING_INTERVAL: Final = 30.0
 
 
-class Sequencer(Handover, Numbering, PolicyRuns):
+class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
     """Owns the journal connection and the matcher state. Only its thread touches them."""
 
     def __init__(
@@ -59,7 +62,7 @@ class Sequencer(Handover, Numbering, PolicyRuns):
         self._soon = False  # a hand-over is due at the end of this loop iteration
         self._later = False  # a hand-over is due in RECORD_HANDOVER_DELAY (run records)
         self._thread: threading.Thread | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: backend.Db | None = None
         self.state = MatchState(settings.job_retention)
         self.counters: dict[str, int] = dict.fromkeys(store.COUNTERS, 0)
         self._stored = dict(self.counters)
@@ -70,17 +73,23 @@ class Sequencer(Handover, Numbering, PolicyRuns):
         self.book = Book()  # the delivery policy's state (SPEC §7); policy_of set by the daemon
         self._book_table: Table | None = None  # the table the breakers were last pruned for
         self.open_breakers: dict[str, dict[str, Any]] = {}  # on the loop: breakers not closed
+        self._retained: list[Any] = []  # run records of a failed commit (fleet), tried again
+        self._init_fleet()
 
     # -- lifecycle (called from the loop thread) -------------------------------------------
 
     def open(self) -> list[RunRequest]:
         """Open the journal, load state; returns the runs to redeliver. Blocking, at start."""
-        self._db = db = store.connect(self.settings.state_dir, self.settings.journal_sync)
+        self._db = db = backend.connect(self.settings)
+        if self.shared:  # a fleet: runs are claimed, not recovered (journal/fleet.py)
+            self._open_shared()
         self.counters = store.read_counters(db)
         self._stored = dict(self.counters)  # as in the journal: commits write what changed
         self.clean_start = store.read_flag(db, "clean_shutdown") != "0"
         self._id_prefix = store.id_prefix(db)
         self._load_state(db)
+        if self.shared:
+            return []
         store.write_meta(db, {"clean_shutdown": 0})
         return recover_runs(db, self.table, self.clean_start)
 
@@ -95,9 +104,15 @@ class Sequencer(Handover, Numbering, PolicyRuns):
         if self._thread is not None:
             self._thread.join()
         if self._db is not None:
-            if clean:
+            if clean and self.shared:
+                self._leave()
+            elif clean:
                 store.write_meta(self._db, {**self.counters, "clean_shutdown": 1})
             self._db.close()
+
+    def wake(self) -> None:
+        """Look for runs to claim soon: from any thread (the NOTIFY listener's)."""
+        self._queue.put([Wake()])
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -113,6 +128,18 @@ class Sequencer(Handover, Numbering, PolicyRuns):
                 return
 
     def _run_batch(self, items: list[Any]) -> None:
+        if not self.shared:
+            self._run_items(items)
+            return
+        items, self._retained = self._retained + items, []  # a failed commit's run records
+        try:
+            self._run_items(items)
+        except JournalError as exc:  # the database went away in the middle of the batch
+            self._journal_failed(exc, 0)
+            self._gens = {}
+            self._loop.call_soon_threadsafe(self._deliver, self._refuse(items), None)
+
+    def _run_items(self, items: list[Any]) -> None:
         assert self._db is not None
         if self.table is not self._book_table:  # a reload swapped the table (and policies)
             self._book_table = self.table
@@ -135,12 +162,17 @@ class Sequencer(Handover, Numbering, PolicyRuns):
                 self._finish(item, batch)
             elif isinstance(item, Tick):
                 ticked = True
+            elif isinstance(item, Heartbeat):
+                self._heartbeat(item.running)
+            elif isinstance(item, Wake):
+                pass  # the claim is made in every commit of a fleet member
             elif isinstance(item, Query):
                 queries.append(item)
             else:
                 self._policy_item(item, batch, now)
-        if ticked:
+        if ticked and self.settings.role != "executor":  # executors fire no time triggers
             self._fire_clock(now, batch)
+        if ticked:
             self._collect_due(now, batch)
         # Arms terms seen for the first time (at start, after a reload): stored with this
         # batch, even one with nothing else to write, so that a quiet stop forgets no time.
@@ -149,6 +181,8 @@ class Sequencer(Handover, Numbering, PolicyRuns):
             if not (readable and self._commit(batch)):
                 self.counters = saved
                 self._fail(batch, saved["last_seq"])
+                if self.shared:  # the runs' starts and ends are not lost with the batch
+                    self._retained = [i for i in items if isinstance(i, Started | Finished | Hold)]
         elif readable:
             self._end_read()
         for query in queries:  # after the commit: a query sees every write queued before it
@@ -165,12 +199,16 @@ class Sequencer(Handover, Numbering, PolicyRuns):
         within the batch): the check and the write see one snapshot. False when the journal
         cannot be read: the batch is then refused, and this thread lives on."""
         ids = [e.event_id for i in items if isinstance(i, Intake) for e in i.events if e.event_id]
-        if not ids:
+        if not ids and not self.shared:
             return True
         assert self._db is not None
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            batch.ids = store.find_events(self._db, ids)
+            if self.shared:  # a fleet member catches up under the write lock, claims in it
+                self._sync()
+                batch.touched = True
+            if ids:
+                batch.ids = store.find_events(self._db, ids)
         except sqlite3.Error as exc:
             self._journal_failed(exc, len(ids))
             return False
@@ -194,15 +232,18 @@ class Sequencer(Handover, Numbering, PolicyRuns):
             batch.queries.append((item.future, None, exc))
 
     def _next_deadline(self, now: float) -> float | None:
-        clock = next_deadline(self.table, self.state.clock, now)
         due = self.book.next_deadline(now)
+        if self.settings.role == "executor":
+            return due
+        clock = next_deadline(self.table, self.state.clock, now)
         return due if clock is None else clock if due is None else min(clock, due)
 
     def _housekeeping(self, now: float) -> None:
         if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
             return
         self._last_housekeeping = now
-        self.state.expire(now)
+        if self.settings.role != "executor":
+            self.state.expire(now)
         assert self._db is not None
         try:
             reads.prune(self._db, now - self.settings.history_retention, PRUNE_CHUNK)
@@ -228,8 +269,14 @@ class Sequencer(Handover, Numbering, PolicyRuns):
                 state.save_breakers(db, breakers)
                 batch.breakers = self.book.snapshot()
             s = self.state
+            matched = s.registry.is_dirty()
             s.registry.flush()  # through state.JournalJobs, into this transaction
-            state.save_state(db, s.latches.take_dirty(), s.clock.take_dirty())
+            latches, clock = s.latches.take_dirty(), s.clock.take_dirty()
+            state.save_state(db, latches, clock)
+            if self.shared:
+                self._stamp(matched or bool(latches or clock), bool(breakers))
+                self._claim(batch)
+                self._notify_pending()
             changed = {k: v for k, v in self.counters.items() if self._stored[k] != v}
             if changed.keys() - store.EVENT_COUNTERS:
                 store.write_meta(db, changed)
@@ -268,9 +315,12 @@ class Sequencer(Handover, Numbering, PolicyRuns):
         batch.queries += [(future, None, failed) for future, _ in batch.results]
         batch.results = []
         batch.breakers = None
-        self._load_state(self._db)
+        if self.shared:  # the database may be gone: read everything again on the next lock
+            self._gens = {}
+        else:
+            self._load_state(self._db)
 
-    def _load_state(self, db: sqlite3.Connection) -> None:
+    def _load_state(self, db: backend.Db) -> None:
         # Jobs stay in the journal: the registry reads them there, caching only hot ones.
         self.state = MatchState(self.settings.job_retention, state.JournalJobs(db))
         self.state.latches.load(state.load_latches(db))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from itertools import chain, islice
 from typing import Any, Final
 
 from supervisord.core.jobstore import LoadedJob, StoredJob
+from supervisord.journal.backend import Db
 from supervisord.journal.store import INSERT_CHUNK, dumps, many
 
 _JOB_ROW: Final = "(?, ?, ?, ?, ?)"
@@ -22,7 +22,7 @@ class JournalJobs:
     """The job registry's store (core.jobstore.JobStore): the journal's `jobs` table, read
     and written on the sequencer thread; writes go into the batch's commit."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Db) -> None:
         self._db = db
 
     def max_id(self) -> int:
@@ -45,7 +45,7 @@ class JournalJobs:
 
     def done_by(self, cutoff: float, limit: int) -> list[tuple[int, float]]:
         sql = "SELECT id, done_at FROM jobs WHERE done_at <= ? ORDER BY done_at LIMIT ?"
-        return self._db.execute(sql, (cutoff, limit)).fetchall()
+        return [(int(i), float(at)) for i, at in self._db.execute(sql, (cutoff, limit))]
 
     def write(self, rows: Iterable[StoredJob]) -> None:
         """INSERT_CHUNK jobs a statement, as store.insert_events does, encoded chunk by chunk
@@ -63,7 +63,7 @@ class JournalJobs:
 
 
 def save_state(
-    db: sqlite3.Connection,
+    db: Db,
     latches: dict[tuple[str, int | None], frozenset[int] | None],
     clock: dict[Any, Any],
 ) -> None:
@@ -93,12 +93,12 @@ def save_state(
         )
 
 
-def load_latches(db: sqlite3.Connection) -> Iterable[tuple[tuple[str, int | None], frozenset[int]]]:
+def load_latches(db: Db) -> Iterable[tuple[tuple[str, int | None], frozenset[int]]]:
     rows = db.execute("SELECT cb_key, owner, terms FROM latches")
     return [((k, o), frozenset(json.loads(t))) for k, o, t in rows]
 
 
-def load_clock(db: sqlite3.Connection) -> Iterable[tuple[Any, Any]]:
+def load_clock(db: Db) -> Iterable[tuple[Any, Any]]:
     return [(_key(json.loads(k)), json.loads(v)) for k, v in db.execute("SELECT * FROM clock")]
 
 
@@ -106,7 +106,7 @@ def _key(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def save_breakers(db: sqlite3.Connection, breakers: dict[str, dict[str, Any] | None]) -> None:
+def save_breakers(db: Db, breakers: dict[str, dict[str, Any] | None]) -> None:
     """Persist breaker states that changed (None: closed, nothing to keep)."""
     many(
         db,
@@ -120,5 +120,5 @@ def save_breakers(db: sqlite3.Connection, breakers: dict[str, dict[str, Any] | N
     )
 
 
-def load_breakers(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+def load_breakers(db: Db) -> dict[str, dict[str, Any]]:
     return {str(k): json.loads(d) for k, d in db.execute("SELECT callback, doc FROM breakers")}

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from supervisord.core.errors import StoreError
 from supervisord.journal import schema
+from supervisord.journal.backend import Db
 
 CACHE_KIB: Final = 512
 SYNC_MODES: Final = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -47,7 +48,7 @@ class RunRow:
 dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:
+def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:  # the SQLite one
     """Open (creating) the journal in WAL mode with synchronous=FULL: a commit is on disk."""
     try:
         os.makedirs(state_dir, exist_ok=True)
@@ -70,7 +71,7 @@ def connect(state_dir: str, sync: str = "full") -> sqlite3.Connection:
     return db
 
 
-def read_counters(db: sqlite3.Connection) -> dict[str, int]:
+def read_counters(db: Db) -> dict[str, int]:
     """The counters as of the last commit. A commit of events alone does not write them
     (see EVENT_COUNTERS): the newest stored event, which prune keeps, brings them up to date."""
     rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -82,12 +83,12 @@ def read_counters(db: sqlite3.Connection) -> dict[str, int]:
     return counters
 
 
-def read_flag(db: sqlite3.Connection, name: str) -> str | None:
+def read_flag(db: Db, name: str) -> str | None:
     row = db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
     return None if row is None else str(row[0])
 
 
-def write_meta(db: sqlite3.Connection, items: dict[str, Any]) -> None:
+def write_meta(db: Db, items: dict[str, Any]) -> None:
     if not items:
         return
     db.executemany(
@@ -96,7 +97,7 @@ def write_meta(db: sqlite3.Connection, items: dict[str, Any]) -> None:
     )
 
 
-def find_events(db: sqlite3.Connection, event_ids: list[str]) -> dict[str, int]:
+def find_events(db: Db, event_ids: list[str]) -> dict[str, int]:
     """The stored seq of each of these event ids that is already stored."""
     found: dict[str, int] = {}
     for i in range(0, len(event_ids), 500):  # SQLite's bound-parameter limit is 999+
@@ -107,7 +108,7 @@ def find_events(db: sqlite3.Connection, event_ids: list[str]) -> dict[str, int]:
     return found
 
 
-def id_prefix(db: sqlite3.Connection) -> str:
+def id_prefix(db: Db) -> str:
     """This journal's prefix for event ids the daemon assigns, made once at creation."""
     prefix = read_flag(db, "id_prefix")
     if prefix is None:
@@ -124,7 +125,7 @@ _INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?)"
 _INSERT_EVENTS: Final = "INSERT INTO events VALUES " + ", ".join(["(?, ?, ?, ?)"] * INSERT_CHUNK)
 
 
-def insert_events(db: sqlite3.Connection, rows: Sequence[tuple[int, str, float, str]]) -> None:
+def insert_events(db: Db, rows: Sequence[tuple[int, str, float, str]]) -> None:
     whole = len(rows) - len(rows) % INSERT_CHUNK
     if whole:
         chunks = [
@@ -135,7 +136,7 @@ def insert_events(db: sqlite3.Connection, rows: Sequence[tuple[int, str, float, 
     many(db, _INSERT_EVENT, rows[whole:])
 
 
-def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_runs(db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
     many(
         db,
         "INSERT INTO runs (run_id, seq, event_id, callback, cb_key, cb, owner, job, state)"
@@ -144,7 +145,7 @@ def insert_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None
     )
 
 
-def insert_delivery_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_delivery_runs(db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
     """Runs made by the delivery policy: held, retries, replays (SPEC §7)."""
     many(
         db,
@@ -154,12 +155,12 @@ def insert_delivery_runs(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
     )
 
 
-def set_state(db: sqlite3.Connection, rows: Sequence[tuple[str, int]]) -> None:
+def set_state(db: Db, rows: Sequence[tuple[str, int]]) -> None:
     """``(state, run_id)``: a held or retrying run becomes pending, or a pending one held."""
     many(db, "UPDATE runs SET state = ?, due = NULL WHERE run_id = ?", rows)
 
 
-def mark_started(db: sqlite3.Connection, rows: Sequence[tuple[float, int]]) -> None:
+def mark_started(db: Db, rows: Sequence[tuple[float, int]]) -> None:
     many(
         db,
         "UPDATE runs SET state = 'running', started = ?, attempts = attempts + 1 WHERE run_id = ?",
@@ -167,7 +168,7 @@ def mark_started(db: sqlite3.Connection, rows: Sequence[tuple[float, int]]) -> N
     )
 
 
-def mark_finished(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def mark_finished(db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
     many(
         db,
         "UPDATE runs SET state = 'finished', started = ?, ended = ?, exit_code = ?, signal = ?,"
@@ -182,7 +183,7 @@ def error_row(reason: str, run_id: int) -> tuple[Any, ...]:
     return (None, None, None, None, "error", reason, 0, None, "[]", 0, 0, run_id)
 
 
-def insert_actions(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_actions(db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
     many(
         db,
         "INSERT INTO actions (run_id, seq, callback, job_id, action, target)"
@@ -191,12 +192,12 @@ def insert_actions(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
     )
 
 
-def unfinished_runs(db: sqlite3.Connection) -> Iterator[RunRow]:
+def unfinished_runs(db: Db) -> Iterator[RunRow]:
     """Runs queued or running when the daemon stopped (held and retrying ones wait on)."""
     return run_rows(db, "r.state IN ('pending', 'running') ORDER BY r.run_id", ())
 
 
-def run_rows(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Iterator[RunRow]:
+def run_rows(db: Db, where: str, args: Sequence[Any]) -> Iterator[RunRow]:
     """Stored runs with their events, as recovery, retries and replays need them."""
     cur = db.execute(
         "SELECT r.run_id, r.seq, r.event_id, r.cb, r.owner, r.job, r.attempts, e.doc,"
@@ -219,6 +220,6 @@ def event_doc(text: str) -> dict[str, Any]:
     return doc
 
 
-def many(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def many(db: Db, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     if rows:
         db.executemany(sql, rows)

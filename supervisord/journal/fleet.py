@@ -1,0 +1,350 @@
+"""The sequencer's part in a fleet: members sharing one PostgreSQL journal (SPEC §8).
+
+Every write transaction of every member holds the journal's write lock (`journal.pg`), so
+the fleet numbers, matches and records one batch at a time. On taking the lock a member
+catches up with what others wrote since its own last commit: the counters always (two
+small reads), the matcher's state (latches, clock, jobs) when the ``mgen`` stamp moved,
+the breakers when ``bgen`` did. Runs are not handed to the local scheduler when they are
+made: they wait in the journal as ``pending`` until a member with a free slot **claims**
+them (``claimed``, its name in ``member``), in run order, one job's events in order across
+the fleet, policy ``concurrency`` counted fleet-wide, callbacks taken in turn (fair share).
+A member's claims are its lease: its heartbeat keeps them; a member whose heartbeat is
+older than ``supervisor_callback_lease`` is declared lost by the next member to look, and
+its unfinished runs go back to ``pending`` as redeliveries (``QB_REDELIVERED=1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final
+
+from supervisord import __version__
+from supervisord.core.errors import StoreError
+from supervisord.core.matching import MatchState, Table
+from supervisord.core.model import Settings
+from supervisord.journal import state, store
+from supervisord.journal.backend import Db, JournalError, member_name
+from supervisord.journal.batch import Batch, Finished, Hold, Intake, Started
+from supervisord.journal.delivery import Book
+from supervisord.journal.recovery import MAX_ATTEMPTS, callback_or_reason, request_of
+
+log = logging.getLogger("supervisord.journal.sequencer")
+
+# Seconds between heartbeats (at most; a short lease makes them more frequent).
+HEARTBEAT: Final = 1.0
+# Candidate runs read per claim, per free slot: room for fair share to pick among callbacks.
+CANDIDATES_PER_SLOT: Final = 4
+_NOW: Final = "extract(epoch from clock_timestamp())"
+# A pending run whose job has no earlier unfinished run elsewhere (SPEC §3: per-job order).
+_IN_ORDER: Final = (
+    " AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.owner = r.owner AND o.seq < r.seq"
+    " AND (o.state = 'pending' OR (o.state IN ('claimed', 'running')"
+    " AND o.member IS DISTINCT FROM ?)))"
+)
+
+
+@dataclass(slots=True)
+class Wake:
+    """Look for runs to claim: a NOTIFY came, or a slot may have freed."""
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """Renew this member's lease; declare lost the members whose lease ran out."""
+
+    running: int
+
+
+class Fleet:
+    """Claims, leases and catching up, inside the sequencer's batch (its thread only)."""
+
+    settings: Settings
+    table: Table
+    state: MatchState
+    book: Book
+    counters: dict[str, int]
+    _stored: dict[str, int]
+    _db: Db | None
+    _last_error: str
+    _retained: list[Any]
+
+    def _init_fleet(self) -> None:
+        self.shared = self.settings.journal != "sqlite"
+        self.member = member_name(self.settings)
+        self._gens: dict[str, str] = {}  # the stamps as of this member's last look
+        self.lost_self = False  # the fleet declared this member lost (a long outage)
+        self.claiming = True  # off once the daemon stops: what it claims it must start
+
+    # -- start and stop --------------------------------------------------------------------
+
+    def _open_shared(self) -> None:
+        """Join the fleet: refuse a name in use, take back what a previous run of this
+        member left claimed (as redeliveries), register. Blocking, at start."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._refuse_taken_name(db)
+            released = db.execute(
+                "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
+                " WHERE member = ? AND state IN ('claimed', 'running')",
+                (self.member,),
+            ).rowcount
+            db.execute(
+                f"INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, 0, 'up')",
+                (self.member, self.settings.role, socket.gethostname(), os.getpid(), __version__),
+            )
+            if released:
+                log.warning("redelivering runs this member left claimed count=%d", released)
+                self._notify(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        log.info("joined the fleet member=%s role=%s", self.member, self.settings.role)
+
+    def _refuse_taken_name(self, db: Db) -> None:
+        row = db.execute(
+            f"SELECT host, pid, state, {_NOW} - heartbeat FROM members WHERE member = ?",
+            (self.member,),
+        ).fetchone()
+        if row is None or row[2] != "up" or float(row[3]) > self.settings.lease:
+            return
+        host, pid = str(row[0]), int(row[1])
+        if host == socket.gethostname() and (pid == os.getpid() or not _alive(pid)):
+            return  # a previous run of this member, on this host, that is gone
+        raise StoreError(
+            f"member name {self.member!r} is in use by pid {pid} on {host} (heartbeat"
+            f" {float(row[3]):.1f}s ago): give each daemon its own supervisor_callback_member"
+        )
+
+    def _leave(self) -> None:
+        """A clean stop: hand back the claimed runs not started, say so. Blocking."""
+        db = self._db
+        if db is None:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            n = db.execute(
+                "UPDATE runs SET state = 'pending' WHERE member = ? AND state = 'claimed'",
+                (self.member,),
+            ).rowcount
+            db.execute(
+                f"UPDATE members SET state = 'stopped', running = 0, heartbeat = {_NOW}"
+                " WHERE member = ?",
+                (self.member,),
+            )
+            if n:
+                self._notify(db)
+            db.execute("COMMIT")
+            log.info("left the fleet member=%s handed_back=%d", self.member, n)
+        except JournalError as exc:
+            log.error("could not leave the fleet cleanly member=%s error=%s", self.member, exc)
+
+    # -- catching up -------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Under the write lock: take in what other members committed since our last look."""
+        db = self._db
+        assert db is not None
+        if getattr(db, "reconnected", False):
+            self._gens = {}  # whatever happened while we were away, read it all again
+            db.reconnected = False  # type: ignore[attr-defined]
+        self.counters = store.read_counters(db)
+        self._stored = dict(self.counters)
+        gens = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('mgen', 'bgen')"))
+        if gens.get("mgen") != self._gens.get("mgen"):
+            self.state = MatchState(self.settings.job_retention, state.JournalJobs(db))
+            self.state.latches.load(state.load_latches(db))
+            self.state.clock.load(state.load_clock(db))
+        if gens.get("bgen") != self._gens.get("bgen"):
+            self.book.load(db)
+        self._gens = gens
+
+    def _stamp(self, match: bool, breakers: bool) -> None:
+        """In the commit: tell the others what they must read again."""
+        new = {k: uuid.uuid4().hex for k, dirty in (("mgen", match), ("bgen", breakers)) if dirty}
+        if new:
+            assert self._db is not None
+            store.write_meta(self._db, new)
+            self._gens.update(new)
+
+    def _refuse(self, items: list[Any]) -> Batch:
+        """A batch the database took no part of: events refused as `unavailable`, queries
+        failed, run records kept for the next batch (a run's end is never dropped)."""
+        message = f"the journal cannot be written: {self._last_error}"
+        batch = Batch()
+        for item in items:
+            if isinstance(item, Intake):
+                error = {"ok": False, "error": {"code": "unavailable", "message": message}}
+                batch.replies.append((item.done, [error] * len(item.events)))
+            elif isinstance(item, Started | Finished | Hold):
+                self._retained.append(item)
+            elif hasattr(item, "future"):  # Query, Replay, Resume
+                batch.queries.append((item.future, None, StoreError(message)))
+        return batch
+
+    # -- heartbeat and leases ----------------------------------------------------------------
+
+    def _heartbeat(self, running: int) -> None:
+        db = self._db
+        assert db is not None
+        row = db.execute("SELECT state FROM members WHERE member = ?", (self.member,)).fetchone()
+        if row is not None and row[0] == "lost" and not self.lost_self:
+            self.lost_self = True
+            log.error(
+                "the fleet declared this member lost (no heartbeat for over %.0fs): the runs"
+                " it had claimed were handed to others and may run twice member=%s",
+                self.settings.lease, self.member,
+            )  # fmt: skip
+        db.execute(
+            f"UPDATE members SET heartbeat = {_NOW}, running = ?, state = 'up' WHERE member = ?",
+            (running, self.member),
+        )
+        lost = [
+            str(m)
+            for (m,) in db.execute(
+                f"SELECT member FROM members WHERE state = 'up' AND member != ?"
+                f" AND heartbeat < {_NOW} - ?",
+                (self.member, self.settings.lease),
+            ).fetchall()
+        ]
+        for member in lost:
+            n = db.execute(
+                "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
+                " WHERE member = ? AND state IN ('claimed', 'running')",
+                (member,),
+            ).rowcount
+            db.execute("UPDATE members SET state = 'lost' WHERE member = ?", (member,))
+            log.warning("member lost member=%s lease=%.0fs runs_redelivered=%d",
+                        member, self.settings.lease, n)  # fmt: skip
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def _claim(self, batch: Batch) -> None:
+        """In the commit: claim pending runs for this member's free slots."""
+        db = self._db
+        assert db is not None
+        batch.new_requests = []  # runs made in this batch wait in the journal to be claimed
+        if self.settings.role == "intake" or not self.claiming:
+            return
+        held = db.execute(
+            "SELECT count(*) FROM runs WHERE member = ? AND state IN ('claimed', 'running')",
+            (self.member,),
+        ).fetchone()[0]
+        free = self.settings.concurrency - int(held)
+        if free <= 0:
+            return
+        where = "r.state = 'pending'"
+        args: list[Any] = []
+        if self.settings.per_job_order:
+            where += _IN_ORDER
+            args.append(self.member)
+        rows = list(
+            store.run_rows(
+                db,
+                where + " ORDER BY r.run_id LIMIT ? FOR UPDATE OF r SKIP LOCKED",
+                (*args, free * CANDIDATES_PER_SLOT),
+            )
+        )
+        chosen = self._fair(rows, free)
+        if not chosen:
+            return
+        db.execute(
+            "UPDATE runs SET state = 'claimed', member = ? WHERE run_id = ANY(?)",
+            (self.member, [row.run_id for row, _ in chosen]),
+        )
+        for row, cb in chosen:
+            if row.attempts >= MAX_ATTEMPTS:
+                reason = f"gave up after {row.attempts} attempts, each ended by a lost member"
+                batch.finished.append(store.error_row(reason, row.run_id))
+            elif isinstance(cb, str):
+                batch.finished.append(store.error_row(f"cannot run: {cb}", row.run_id))
+            else:
+                batch.new_requests.append(request_of(row, cb, redelivered=row.attempts > 0))
+
+    def _fair(self, rows: list[store.RunRow], free: int) -> list[tuple[store.RunRow, Any]]:
+        """Up to `free` of the candidates, callbacks in turn, each within its policy's
+        fleet-wide `concurrency` (SPEC §7.5, §8)."""
+        queues: dict[str, deque[tuple[store.RunRow, Any]]] = {}
+        room: dict[str, int] = {}
+        running: dict[str, int] | None = None
+        for row in rows:
+            file = str(row.cb["file"])
+            if file not in queues:
+                queues[file] = deque()
+                cb = callback_or_reason(row.cb, self.table)
+                cap = None if isinstance(cb, str) else self.book.policy_of(cb).concurrency
+                if cap is not None:
+                    if running is None:
+                        running = self._running_by_callback()
+                    room[file] = max(0, cap - running.get(file, 0))
+            queues[file].append((row, callback_or_reason(row.cb, self.table)))
+        chosen: list[tuple[store.RunRow, Any]] = []
+        while len(chosen) < free and queues:
+            for file in list(queues):
+                if len(chosen) >= free:
+                    break
+                if room.get(file, 1) <= 0 or not queues[file]:
+                    del queues[file]
+                    continue
+                chosen.append(queues[file].popleft())
+                if file in room:
+                    room[file] -= 1
+        return chosen
+
+    def _running_by_callback(self) -> dict[str, int]:
+        assert self._db is not None
+        rows = self._db.execute(
+            "SELECT callback, count(*) FROM runs WHERE state IN ('claimed', 'running')"
+            " GROUP BY callback"
+        ).fetchall()
+        return {str(c): int(n) for c, n in rows}
+
+    def _notify_pending(self) -> None:
+        """In the commit: wake the members if any run waits to be claimed."""
+        db = self._db
+        assert db is not None
+        if db.execute("SELECT 1 FROM runs WHERE state = 'pending' LIMIT 1").fetchone():
+            self._notify(db)
+
+    @staticmethod
+    def _notify(db: Db) -> None:
+        from supervisord.journal.pg import CHANNEL
+
+        db.execute("SELECT pg_notify(?, '')", (CHANNEL,))
+
+
+def fleet_view(db: Db, settings: Settings, running: int) -> list[dict[str, Any]]:
+    """`status`'s `fleet` (SPEC §8): the members, or this daemon alone on SQLite."""
+    if settings.journal == "sqlite":
+        return [
+            {"member": member_name(settings), "role": settings.role,
+             "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_age_s": 0.0,
+             "running": running, "version": __version__, "state": "up"}
+        ]  # fmt: skip
+    rows = db.execute(
+        f"SELECT member, role, host, pid, {_NOW} - heartbeat, running, version, state"
+        " FROM members ORDER BY member"
+    ).fetchall()
+    return [
+        {"member": m, "role": r, "host": h, "pid": int(p), "heartbeat_age_s": round(float(a), 3),
+         "running": int(n), "version": v, "state": s}
+        for m, r, h, p, a, n, v, s in rows
+    ]  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
