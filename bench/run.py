@@ -27,6 +27,7 @@ BENCHMARKS = (
     "crash",
     "inline",
     "policy",
+    "fleet",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 # Metrics where a smaller number is better (latencies, memory); the rest are rates.

@@ -85,13 +85,7 @@ class PgServer:
 
     def start(self) -> PgServer:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.role, "-E", "UTF8")
-        opts = (
-            f"-c listen_addresses='' -c unix_socket_directories={self.dir} -p {self.port}"
-            f" -c max_connections=200 -c fsync={'on' if self.fsync else 'off'}"
-            f" -c synchronous_commit={'on' if self.fsync else 'off'}"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
-                  "-w", "-t", str(int(DEADLINE)), "start")  # fmt: skip
+        self.restart()
         return self
 
     def url(self, db: str = "postgres") -> str:
@@ -110,9 +104,11 @@ class PgServer:
             self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def restart(self) -> None:
+        """Start the server (again, after `stop`) on the same directory and settings."""
+        durable = "on" if self.fsync else "off"
         opts = (
             f"-c listen_addresses='' -c unix_socket_directories={self.dir} -p {self.port}"
-            f" -c max_connections=200 -c fsync={'on' if self.fsync else 'off'}"
+            f" -c max_connections=200 -c fsync={durable} -c synchronous_commit={durable}"
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
                   "-w", "-t", str(int(DEADLINE)), "start")  # fmt: skip

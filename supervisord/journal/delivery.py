@@ -71,16 +71,27 @@ class Book:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self, db: Db) -> None:
+    def load(self, db: Db, *, restart: bool = True) -> None:
+        """The breakers as stored: at a start (``restart``) a half-open one is open again;
+        a fleet member catching up with another's writes takes them as they are, with the
+        half-open breaker's trial run, wherever it runs (SPEC §8)."""
         self.breakers = {}
+        trials: dict[str, int] = {}
         for file, doc in state.load_breakers(db).items():
             try:
-                self.breakers[file] = after_restart(Breaker.from_json(doc))
+                breaker = Breaker.from_json(doc)
             except ValueError as exc:  # a damaged row must not stop the daemon: closed
                 log.warning("breaker state unreadable callback=%s error=%s", file, exc)
+                continue
+            self.breakers[file] = after_restart(breaker) if restart else breaker
+            if not restart and breaker.state == "half-open" and isinstance(doc.get("trial"), int):
+                trials[file] = doc["trial"]
         held = {r[0] for r in db.execute("SELECT DISTINCT callback FROM runs WHERE state='held'")}
         self._releasing = {f for f in held if self.breakers.get(f, CLOSED).is_closed}
-        self._trial, self._want_trial, self._dirty = {}, set(), set()
+        self._trial, self._dirty = trials, set()
+        self._want_trial = {
+            f for f, b in self.breakers.items() if b.state == "half-open" and f not in trials
+        }
         self._unwritten = None  # a failed commit wrote none of them: the journal has the truth
         self.refresh_due(db)
 
@@ -178,8 +189,14 @@ class Book:
     def is_dirty(self) -> bool:
         return bool(self._dirty)
 
+    def _stored_doc(self, file: str) -> dict[str, Any]:
+        doc = self.breakers[file].to_json()
+        if file in self._trial:
+            doc["trial"] = self._trial[file]
+        return doc
+
     def take_dirty(self) -> dict[str, dict[str, Any] | None]:
-        dirty = {f: self.breakers[f].to_json() if f in self.breakers else None for f in self._dirty}
+        dirty = {f: self._stored_doc(f) if f in self.breakers else None for f in self._dirty}
         self._dirty.clear()
         return dirty
 
@@ -218,6 +235,7 @@ class Book:
             trial = self._held_rows(db, file, 1)
             if trial:
                 self._trial[file] = trial[0].run_id
+                self._dirty.add(file)  # stored with its trial: any fleet member may run it
                 log.info("breaker half-open callback=%s trial_run_id=%d", file, trial[0].run_id)
                 rows += trial
                 moves.append(("pending", trial[0].run_id))

@@ -40,6 +40,10 @@ HEARTBEAT: Final = 1.0
 # Candidate runs read per claim, per free slot: room for fair share to pick among callbacks.
 CANDIDATES_PER_SLOT: Final = 4
 _NOW: Final = "extract(epoch from clock_timestamp())"
+_NEWEST: Final = "@newest"
+_META_AND_NEWEST: Final = (
+    f"SELECT key, value FROM meta UNION ALL SELECT '{_NEWEST}', max(seq)::text FROM events"
+)
 # A pending run whose job has no earlier unfinished run elsewhere (SPEC §3: per-job order).
 _IN_ORDER: Final = (
     " AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.owner = r.owner AND o.seq < r.seq"
@@ -156,16 +160,18 @@ class Fleet:
         if getattr(db, "reconnected", False):
             self._gens = {}  # whatever happened while we were away, read it all again
             db.reconnected = False  # type: ignore[attr-defined]
-        self.counters = store.read_counters(db)
+        rows = dict(db.execute(_META_AND_NEWEST).fetchall())  # one round trip
+        self.counters = store.counters_of(rows, int(rows.pop(_NEWEST) or 0))
         self._stored = dict(self.counters)
-        gens = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('mgen', 'bgen')"))
+        gens = {k: rows.get(k) for k in ("mgen", "bgen")}
         if gens.get("mgen") != self._gens.get("mgen"):
             self.state = MatchState(self.settings.job_retention, state.JournalJobs(db))
-            self.state.latches.load(state.load_latches(db))
-            self.state.clock.load(state.load_clock(db))
+            if self.settings.role != "executor":  # an executor matches nothing: jobs only
+                self.state.latches.load(state.load_latches(db))
+                self.state.clock.load(state.load_clock(db))
         if gens.get("bgen") != self._gens.get("bgen"):
-            self.book.load(db)
-        self._gens = gens
+            self.book.load(db, restart=False)
+        self._gens = {k: v for k, v in gens.items() if v is not None}
 
     def _stamp(self, match: bool, breakers: bool) -> None:
         """In the commit: tell the others what they must read again."""
@@ -224,6 +230,8 @@ class Fleet:
             db.execute("UPDATE members SET state = 'lost' WHERE member = ?", (member,))
             log.warning("member lost member=%s lease=%.0fs runs_redelivered=%d",
                         member, self.settings.lease, n)  # fmt: skip
+        if lost:  # the retries it had scheduled are anybody's now: know when they are due
+            self.book.refresh_due(db)
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -311,14 +319,14 @@ class Fleet:
         """In the commit: wake the members if any run waits to be claimed."""
         db = self._db
         assert db is not None
-        if db.execute("SELECT 1 FROM runs WHERE state = 'pending' LIMIT 1").fetchone():
-            self._notify(db)
+        db.execute(
+            "SELECT pg_notify(?, '') WHERE EXISTS (SELECT 1 FROM runs WHERE state = 'pending')",
+            (_channel(),),
+        )
 
     @staticmethod
     def _notify(db: Db) -> None:
-        from supervisord.journal.pg import CHANNEL
-
-        db.execute("SELECT pg_notify(?, '')", (CHANNEL,))
+        db.execute("SELECT pg_notify(?, '')", (_channel(),))
 
 
 def fleet_view(db: Db, settings: Settings, running: int) -> list[dict[str, Any]]:
@@ -338,6 +346,12 @@ def fleet_view(db: Db, settings: Settings, running: int) -> list[dict[str, Any]]
          "running": int(n), "version": v, "state": s}
         for m, r, h, p, a, n, v, s in rows
     ]  # fmt: skip
+
+
+def _channel() -> str:
+    from supervisord.journal.pg import CHANNEL
+
+    return CHANNEL
 
 
 def _alive(pid: int) -> bool:

@@ -100,8 +100,8 @@ CREATE TABLE IF NOT EXISTS qbcb_members (
 def translate(sql: str) -> str:
     """A journal statement as PostgreSQL takes it."""
     text = sql.strip()
-    if text.upper() == "BEGIN IMMEDIATE":
-        return "BEGIN"
+    if text.upper() == "BEGIN IMMEDIATE":  # the fleet's one writer at a time, one round trip
+        return f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
     upsert = re.match(r"INSERT OR REPLACE INTO (\w+)", text)
     if "?" in text:  # psycopg reads % only in a statement with parameters
         text = text.replace("%", "%%").replace("?", "%s")
@@ -204,10 +204,7 @@ class PgJournal:
         text = self._translated(sql)
         conn = self._alive()
         try:
-            cur = conn.execute(text, parameters or None, prepare=False)
-            if text == "BEGIN":
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            return cur
+            return conn.execute(text, parameters or None, prepare=False)
         except psycopg.Error as exc:
             self._failed(exc)
             raise sqlite3.OperationalError(_first_line(exc)) from exc
@@ -215,11 +212,14 @@ class PgJournal:
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any:
         import psycopg
 
+        rows = list(parameters)
+        if len(rows) == 1:  # executemany sets up a pipeline: a round trip more for one row
+            return self.execute(sql, rows[0])
         text = self._translated(sql)
         conn = self._alive()
         try:
             cur = conn.cursor()
-            cur.executemany(text, list(parameters))
+            cur.executemany(text, rows)
             return cur
         except psycopg.Error as exc:
             self._failed(exc)

@@ -75,8 +75,13 @@ def read_counters(db: Db) -> dict[str, int]:
     """The counters as of the last commit. A commit of events alone does not write them
     (see EVENT_COUNTERS): the newest stored event, which prune keeps, brings them up to date."""
     rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    counters = {name: int(rows.get(name, 0)) for name in COUNTERS}
     newest = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+    return counters_of(rows, int(newest))
+
+
+def counters_of(rows: dict[str, Any], newest: int) -> dict[str, int]:
+    """`read_counters` from the rows of `meta` and the newest stored event's seq."""
+    counters = {name: int(rows.get(name, 0)) for name in COUNTERS}
     if newest > counters["last_seq"]:  # each accepted event added one to both
         counters["events_total"] += newest - counters["last_seq"]
         counters["last_seq"] = newest
