@@ -64,6 +64,9 @@ def test_one_jobs_events_run_in_order_across_members(fleet: Fleet) -> None:
         assert start >= end, f"a job's later event started before the earlier one ended: {chain}"
     # Both executors worked: the one idle while a job's event ran did not take its next.
     assert {tag for tag, _, _ in ran.values()} == {"m2", "m3"}, ran
+    # Every log line of a fleet member names it (logs of several hosts read as one).
+    lines = [ln for ln in fleet.members["m2"].daemon.read_log().splitlines() if " INFO " in ln]
+    assert lines and all(" INFO member=m2 supervisord." in ln for ln in lines), lines[:3]
 
 
 @pytest.mark.parametrize("fleet", [(4, POLICY)], indirect=True)

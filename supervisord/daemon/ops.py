@@ -15,7 +15,7 @@ from supervisord.daemon.policyops import PolicyOps, int_field, str_field
 from supervisord.daemon.server import Connection, Reply, error
 from supervisord.journal import reads
 from supervisord.journal.backend import is_shared, member_name
-from supervisord.journal.fleet import fleet_view
+from supervisord.journal.lease import fleet_view
 
 if TYPE_CHECKING:
     from supervisord.core.matching import MatchState

@@ -14,6 +14,7 @@ from supervisord.core.errors import ConfigError, ConfigErrors, StoreError
 from supervisord.daemon.limits import raise_nofile
 from supervisord.daemon.logsetup import setup_logging
 from supervisord.daemon.service import Daemon, load_all
+from supervisord.journal.backend import is_shared, member_name
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def serve(qbconf_path: str, *, loop: str = "auto", log_level: str | None = None,
         for err in exc.errors:
             print(f"qbsupervisor: {err}", file=sys.stderr)
         return 78
-    setup_logging(log_level or settings.log_level, log_format)
+    member = member_name(settings) if is_shared(settings) else None
+    setup_logging(log_level or settings.log_level, log_format, member)
     # posix_spawn releases the GIL while the child execs; getting it back from the busy
     # sequencer thread otherwise waits out the 5 ms default switch interval, which cut the
     # spawn rate by half in bench/b_e2e.py. 1 ms keeps the loop thread responsive.

@@ -2,35 +2,34 @@
 
 Every write transaction of every member holds the journal's write lock (`journal.pg`), so
 the fleet numbers, matches and records one batch at a time. On taking the lock a member
-catches up with what others wrote since its own last commit: the counters always (two
-small reads), the matcher's state (latches, clock, jobs) when the ``mgen`` stamp moved,
-the breakers when ``bgen`` did. Runs are not handed to the local scheduler when they are
+catches up with what others wrote since its own last commit: the counters always (one
+read, with the stamps), the matcher's state (latches, clock, jobs; an executor, which
+matches nothing, jobs only) when the ``mgen`` stamp moved, the breakers when ``bgen`` did. Runs are not handed to the local scheduler when they are
 made: they wait in the journal as ``pending`` until a member with a free slot **claims**
 them (``claimed``, its name in ``member``), in run order, one job's events in order across
 the fleet, policy ``concurrency`` counted fleet-wide, callbacks taken in turn (fair share).
-A member's claims are its lease: its heartbeat keeps them; a member whose heartbeat is
-older than ``supervisor_callback_lease`` is declared lost by the next member to look, and
-its unfinished runs go back to ``pending`` as redeliveries (``QB_REDELIVERED=1``).
+A member's claims are its lease (`journal.lease`): its heartbeat keeps them; a member whose
+heartbeat is older than ``supervisor_callback_lease`` is declared lost by the next member
+to look, and its unfinished runs go back to ``pending`` as redeliveries
+(``QB_REDELIVERED=1``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
 
-from supervisord import __version__
 from supervisord.core.errors import StoreError
 from supervisord.core.matching import MatchState, Table
 from supervisord.core.model import Settings
 from supervisord.journal import state, store
-from supervisord.journal.backend import Db, JournalError, member_name
+from supervisord.journal.backend import Db, member_name
 from supervisord.journal.batch import Batch, Finished, Hold, Intake, Started
 from supervisord.journal.delivery import Book
+from supervisord.journal.lease import Leases
 from supervisord.journal.recovery import MAX_ATTEMPTS, callback_or_reason, request_of
 
 log = logging.getLogger("supervisord.journal.sequencer")
@@ -39,7 +38,6 @@ log = logging.getLogger("supervisord.journal.sequencer")
 HEARTBEAT: Final = 1.0
 # Candidate runs read per claim, per free slot: room for fair share to pick among callbacks.
 CANDIDATES_PER_SLOT: Final = 4
-_NOW: Final = "extract(epoch from clock_timestamp())"
 _NEWEST: Final = "@newest"
 _META_AND_NEWEST: Final = (
     f"SELECT key, value FROM meta UNION ALL SELECT '{_NEWEST}', max(seq)::text FROM events"
@@ -64,7 +62,7 @@ class Heartbeat:
     running: int
 
 
-class Fleet:
+class Fleet(Leases):
     """Claims, leases and catching up, inside the sequencer's batch (its thread only)."""
 
     settings: Settings
@@ -83,73 +81,6 @@ class Fleet:
         self._gens: dict[str, str] = {}  # the stamps as of this member's last look
         self.lost_self = False  # the fleet declared this member lost (a long outage)
         self.claiming = True  # off once the daemon stops: what it claims it must start
-
-    # -- start and stop --------------------------------------------------------------------
-
-    def _open_shared(self) -> None:
-        """Join the fleet: refuse a name in use, take back what a previous run of this
-        member left claimed (as redeliveries), register. Blocking, at start."""
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._refuse_taken_name(db)
-            released = db.execute(
-                "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
-                " WHERE member = ? AND state IN ('claimed', 'running')",
-                (self.member,),
-            ).rowcount
-            db.execute(
-                f"INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, 0, 'up')",
-                (self.member, self.settings.role, socket.gethostname(), os.getpid(), __version__),
-            )
-            if released:
-                log.warning("redelivering runs this member left claimed count=%d", released)
-                self._notify(db)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        log.info("joined the fleet member=%s role=%s", self.member, self.settings.role)
-
-    def _refuse_taken_name(self, db: Db) -> None:
-        row = db.execute(
-            f"SELECT host, pid, state, {_NOW} - heartbeat FROM members WHERE member = ?",
-            (self.member,),
-        ).fetchone()
-        if row is None or row[2] != "up" or float(row[3]) > self.settings.lease:
-            return
-        host, pid = str(row[0]), int(row[1])
-        if host == socket.gethostname() and (pid == os.getpid() or not _alive(pid)):
-            return  # a previous run of this member, on this host, that is gone
-        raise StoreError(
-            f"member name {self.member!r} is in use by pid {pid} on {host} (heartbeat"
-            f" {float(row[3]):.1f}s ago): give each daemon its own supervisor_callback_member"
-        )
-
-    def _leave(self) -> None:
-        """A clean stop: hand back the claimed runs not started, say so. Blocking."""
-        db = self._db
-        if db is None:
-            return
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            n = db.execute(
-                "UPDATE runs SET state = 'pending' WHERE member = ? AND state = 'claimed'",
-                (self.member,),
-            ).rowcount
-            db.execute(
-                f"UPDATE members SET state = 'stopped', running = 0, heartbeat = {_NOW}"
-                " WHERE member = ?",
-                (self.member,),
-            )
-            if n:
-                self._notify(db)
-            db.execute("COMMIT")
-            log.info("left the fleet member=%s handed_back=%d", self.member, n)
-        except JournalError as exc:
-            log.error("could not leave the fleet cleanly member=%s error=%s", self.member, exc)
 
     # -- catching up -------------------------------------------------------------------------
 
@@ -195,43 +126,6 @@ class Fleet:
             elif hasattr(item, "future"):  # Query, Replay, Resume
                 batch.queries.append((item.future, None, StoreError(message)))
         return batch
-
-    # -- heartbeat and leases ----------------------------------------------------------------
-
-    def _heartbeat(self, running: int) -> None:
-        db = self._db
-        assert db is not None
-        row = db.execute("SELECT state FROM members WHERE member = ?", (self.member,)).fetchone()
-        if row is not None and row[0] == "lost" and not self.lost_self:
-            self.lost_self = True
-            log.error(
-                "the fleet declared this member lost (no heartbeat for over %.0fs): the runs"
-                " it had claimed were handed to others and may run twice member=%s",
-                self.settings.lease, self.member,
-            )  # fmt: skip
-        db.execute(
-            f"UPDATE members SET heartbeat = {_NOW}, running = ?, state = 'up' WHERE member = ?",
-            (running, self.member),
-        )
-        lost = [
-            str(m)
-            for (m,) in db.execute(
-                f"SELECT member FROM members WHERE state = 'up' AND member != ?"
-                f" AND heartbeat < {_NOW} - ?",
-                (self.member, self.settings.lease),
-            ).fetchall()
-        ]
-        for member in lost:
-            n = db.execute(
-                "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
-                " WHERE member = ? AND state IN ('claimed', 'running')",
-                (member,),
-            ).rowcount
-            db.execute("UPDATE members SET state = 'lost' WHERE member = ?", (member,))
-            log.warning("member lost member=%s lease=%.0fs runs_redelivered=%d",
-                        member, self.settings.lease, n)  # fmt: skip
-        if lost:  # the retries it had scheduled are anybody's now: know when they are due
-            self.book.refresh_due(db)
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -329,36 +223,7 @@ class Fleet:
         db.execute("SELECT pg_notify(?, '')", (_channel(),))
 
 
-def fleet_view(db: Db, settings: Settings, running: int) -> list[dict[str, Any]]:
-    """`status`'s `fleet` (SPEC §8): the members, or this daemon alone on SQLite."""
-    if settings.journal == "sqlite":
-        return [
-            {"member": member_name(settings), "role": settings.role,
-             "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_age_s": 0.0,
-             "running": running, "version": __version__, "state": "up"}
-        ]  # fmt: skip
-    rows = db.execute(
-        f"SELECT member, role, host, pid, {_NOW} - heartbeat, running, version, state"
-        " FROM members ORDER BY member"
-    ).fetchall()
-    return [
-        {"member": m, "role": r, "host": h, "pid": int(p), "heartbeat_age_s": round(float(a), 3),
-         "running": int(n), "version": v, "state": s}
-        for m, r, h, p, a, n, v, s in rows
-    ]  # fmt: skip
-
-
 def _channel() -> str:
     from supervisord.journal.pg import CHANNEL
 
     return CHANNEL
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
