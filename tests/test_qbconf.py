@@ -91,6 +91,7 @@ def test_defaults() -> None:
     assert s.per_job_order is True
     assert s.history_retention == 2592000
     assert (s.python_mode, s.log_level) == ("forkserver", "info")
+    assert (s.journal, s.member, s.role, s.lease) == ("sqlite", "", "all", 10.0)
     assert s.mail == MailSettings()
 
 
@@ -151,6 +152,26 @@ VALUES = [
     ("flags mask", "supervisor_language_flags = 21", "language_flags", {"qube", "python", "mail"}),
     ("flags zero", "supervisor_language_flags = 0", "language_flags", set()),
     ("unknown key ignored", "worker_flags = x\nsupervisor_logpath = /z", "logpath", "/z"),
+    (
+        "journal url",
+        "supervisor_callback_journal = postgresql://qb@db/cb",
+        "journal",
+        "postgresql://qb@db/cb",
+    ),
+    (
+        "journal words",
+        "supervisor_callback_journal = host=db dbname=cb",
+        "journal",
+        "host=db dbname=cb",
+    ),
+    ("member", "supervisor_callback_member = render2", "member", "render2"),
+    (
+        "role",
+        "supervisor_callback_journal = postgres://d\nsupervisor_callback_role = Executor",
+        "role",
+        "executor",
+    ),
+    ("lease", "supervisor_callback_lease = 2.5", "lease", 2.5),
     ("line without equals ignored", "some qube thing\nsupervisor_logpath = /z", "logpath", "/z"),
 ]
 
@@ -219,6 +240,18 @@ BAD = [
     ("path empty list", "supervisor_universal_callback_path = ,", "a comma-separated list"),
     ("mail port", "mail_port = smtp", "mail_port: expected a port number (1-65535), got 'smtp'"),
     ("mail type", "mail_connection_type = ssh", "mail_connection_type: expected plain, ssl or tls"),
+    (
+        "journal",
+        "supervisor_callback_journal = mysql",
+        "expected sqlite or a PostgreSQL connection",
+    ),
+    ("role", "supervisor_callback_role = worker", "expected all, executor or intake"),
+    ("lease", "supervisor_callback_lease = 0", "supervisor_callback_lease: expected seconds"),
+    (
+        "role on sqlite",
+        "supervisor_callback_role = intake",
+        "supervisor_callback_role = intake needs a journal other members share",
+    ),
 ]
 
 

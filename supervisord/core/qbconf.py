@@ -96,6 +96,13 @@ def parse_qbconf(text: str, path: str, env: Mapping[str, str], default_python: s
             except Invalid as bad:
                 reason = f"{key}: expected {bad.expected}, got {line.value!r}"
                 errors.append(ConfigError(path, line.lineno, reason))
+    role = latest.get("supervisor_callback_role")
+    if values.get("journal", "sqlite") == "sqlite" and values.get("role", "all") != "all" and role:
+        reason = (
+            f"supervisor_callback_role = {values['role']} needs a journal other members share:"
+            " set supervisor_callback_journal to a PostgreSQL connection string (SPEC §8)"
+        )
+        errors.append(ConfigError(path, role.lineno, reason))
     if errors:
         raise ConfigErrors(sorted(errors, key=lambda error: error.line or 0))
     return Settings(path=path, mail=MailSettings(**mail), **values)
