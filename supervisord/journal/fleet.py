@@ -5,13 +5,14 @@ the fleet numbers, matches and records one batch at a time. On taking the lock a
 catches up with what others wrote since its own last commit: the counters always (one
 read, with the stamps), the matcher's state (latches, clock, jobs; an executor, which
 matches nothing, jobs only) when the ``mgen`` stamp moved, the breakers when ``bgen`` did.
-Runs are not handed to the local scheduler when they are made: they wait in the journal as
-``pending`` until a member with a free slot **claims** them (``claimed``, its name in ``member``), in run order, one job's events in order across
-the fleet, policy ``concurrency`` counted fleet-wide, callbacks taken in turn (fair share).
-A member's claims are its lease (`journal.lease`): its heartbeat keeps them; a member whose
-heartbeat is older than ``supervisor_callback_lease`` is declared lost by the next member
-to look, and its unfinished runs go back to ``pending`` as redeliveries
-(``QB_REDELIVERED=1``).
+
+Runs are not handed to the local scheduler when they are made: they wait in the journal
+as ``pending`` until a member with a free slot **claims** them (``claimed``, its name in
+``member``), in run order, one job's events in order across the fleet, policy
+``concurrency`` counted fleet-wide, callbacks taken in turn (fair share). A member's claims
+are its lease (`journal.lease`): its heartbeat keeps them; a member whose heartbeat is
+older than ``supervisor_callback_lease`` is declared lost by the next member to look, and
+its unfinished runs go back to ``pending`` as redeliveries (``QB_REDELIVERED=1``).
 """
 
 from __future__ import annotations
