@@ -3,7 +3,6 @@ figure against its goal and, where the issue asks for one, a baseline in the sam
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from b_intake import I_EVENTS, payload_i
+from b_intake import I_EVENTS, payload_i, workload_i_rate
 from common import (
     REPO,
     Client,
@@ -364,14 +363,7 @@ def intake(fig: Figures, section: Section) -> None:
 
     def measure(label: str, rep: int) -> float:
         data = payload_i(n, f"{label}{rep}", rep * n)
-        with Client(members[label].sock, timeout=600) as client:
-            t0 = time.perf_counter()
-            replies = client.pipeline(data, n)
-            elapsed = time.perf_counter() - t0
-        last = json.loads(replies[-1])
-        if not last.get("ok") or last.get("matched") or last.get("duplicate"):
-            raise RuntimeError(f"unexpected reply {last}")
-        return n / elapsed
+        return workload_i_rate(members[label].sock, data, n, timeout=600)
 
     res = interleave(reps, list(members), measure)
     section.raw["intake"] = res

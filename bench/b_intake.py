@@ -54,6 +54,19 @@ def raw_rate(sock: str, data: bytes, n: int) -> float:
     return n / elapsed
 
 
+def workload_i_rate(sock: str, data: bytes, n: int, timeout: float = 120.0) -> float:
+    """Workload I's events/s through a daemon's socket: first byte sent to the last durable
+    ack read; every reply a new, unmatched event (bench/b_fleet.py uses it too)."""
+    with Client(sock, timeout) as client:
+        t0 = time.perf_counter()
+        replies = client.pipeline(data, n)
+        elapsed = time.perf_counter() - t0
+    last = json.loads(replies[-1])
+    if not last.get("ok") or last.get("matched") or last.get("duplicate"):
+        raise RuntimeError(f"unexpected reply {last}")
+    return n / elapsed
+
+
 def workload_i(cfg: Config, section: Section) -> None:
     """I: 100,000 events on one connection, pipelined from a sender thread while the client
     reads the acks, every event a new job with its own event_id, the only callback on
@@ -74,14 +87,7 @@ def workload_i(cfg: Config, section: Section) -> None:
             data = payload_i(n, f"i{rep}", rep * n)
             if variant.startswith("parse-only"):
                 return raw_rate(targets[variant], data, n)
-            with Client(targets[variant]) as client:
-                t0 = time.perf_counter()
-                replies = client.pipeline(data, n)
-                elapsed = time.perf_counter() - t0
-            last = json.loads(replies[-1])
-            if not last.get("ok") or last.get("matched") or last.get("duplicate"):
-                raise RuntimeError(f"unexpected reply {last}")
-            return n / elapsed
+            return workload_i_rate(targets[variant], data, n)
 
         res = interleave(reps, list(targets), measure)
     section.raw["I"] = res
