@@ -112,40 +112,42 @@ def test_a_tiny_cache_answers_as_a_registry_that_keeps_everything(steps: list[An
         db.close()
 
 
-def test_memory_holds_a_bounded_number_of_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_holds_a_bounded_number_of_jobs(
+    monkeypatch: pytest.MonkeyPatch, journal_db: Any
+) -> None:
     monkeypatch.setattr(registry_module, "HOT_JOBS", 100)
-    with journal() as (_, db):
-        reg = JobRegistry(RETENTION, JournalJobs(db))
-        for batch in range(20):
-            for i in range(batch * 100, batch * 100 + 100):
-                reg.observe(event("running", i + 1, pgrp=1 + i // 50, pid=1 + i // 10))
-            reg.flush()
-            assert len(reg._hot) + len(reg._cold) <= 200 and not reg._pending
-        assert len(reg) == 2000
-        # Jobs long gone from memory are found in the journal, with their process groups.
-        assert reg.get(7) == {"id": 7, "pgrp": 1, "pid": 1, "status": "running"}
-        assert reg.pgrp_ids(1) == list(range(1, 51))
-        assert reg.children_of(1) == list(range(1, 11))
-        assert reg.children_of(5) == list(range(41, 51))
-        assert [j["id"] for j in reg.by_pgrp(2)] == list(range(51, 101))
-        assert len(reg._hot) + len(reg._cold) <= 200
-
-
-def test_new_job_ids_are_known_new_without_reading_the_journal() -> None:
-    with journal() as (_, db):
-        jobs = CountingJobs(db)
-        reg = JobRegistry(RETENTION, jobs)
-        for i in range(1, 1001):
-            reg.observe(event("running", i))
+    db = journal_db
+    reg = JobRegistry(RETENTION, JournalJobs(db))
+    for batch in range(20):
+        for i in range(batch * 100, batch * 100 + 100):
+            reg.observe(event("running", i + 1, pgrp=1 + i // 50, pid=1 + i // 10))
         reg.flush()
-        assert jobs.reads == []  # each id above every id stored: new
-        restarted = JobRegistry(RETENTION, jobs)
-        restarted.prefetch(range(995, 1010))
-        assert jobs.reads == [list(range(995, 1001))]  # one read, of the ids stored
-        for i in range(995, 1010):
-            restarted.observe(event("complete", i))
-        assert jobs.reads == [list(range(995, 1001))]
-        assert restarted.get(1000) == {"id": 1000, "status": "complete"}
+        assert len(reg._hot) + len(reg._cold) <= 200 and not reg._pending
+    assert len(reg) == 2000
+    # Jobs long gone from memory are found in the journal, with their process groups.
+    assert reg.get(7) == {"id": 7, "pgrp": 1, "pid": 1, "status": "running"}
+    assert reg.pgrp_ids(1) == list(range(1, 51))
+    assert reg.children_of(1) == list(range(1, 11))
+    assert reg.children_of(5) == list(range(41, 51))
+    assert [j["id"] for j in reg.by_pgrp(2)] == list(range(51, 101))
+    assert len(reg._hot) + len(reg._cold) <= 200
+
+
+def test_new_job_ids_are_known_new_without_reading_the_journal(journal_db: Any) -> None:
+    db = journal_db
+    jobs = CountingJobs(db)
+    reg = JobRegistry(RETENTION, jobs)
+    for i in range(1, 1001):
+        reg.observe(event("running", i))
+    reg.flush()
+    assert jobs.reads == []  # each id above every id stored: new
+    restarted = JobRegistry(RETENTION, jobs)
+    restarted.prefetch(range(995, 1010))
+    assert jobs.reads == [list(range(995, 1001))]  # one read, of the ids stored
+    for i in range(995, 1010):
+        restarted.observe(event("complete", i))
+    assert jobs.reads == [list(range(995, 1001))]
+    assert restarted.get(1000) == {"id": 1000, "status": "complete"}
 
 
 def test_a_restart_finds_every_job_and_its_expiry() -> None:
@@ -223,7 +225,9 @@ def run_family(state: MatchState, evict: Any) -> list[list[tuple[int, int | None
     return [[(f.callback.line, f.owner) for f in match(TABLE, state, e)] for e in steps]
 
 
-def test_matching_reaches_jobs_only_the_journal_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_matching_reaches_jobs_only_the_journal_holds(
+    monkeypatch: pytest.MonkeyPatch, journal_db: Any
+) -> None:
     monkeypatch.setattr(registry_module, "HOT_JOBS", 2)
     expected = [
         [(2, 1), (2, 2), (2, 3)],  # job 2's label: every job of its process group
@@ -231,16 +235,16 @@ def test_matching_reaches_jobs_only_the_journal_holds(monkeypatch: pytest.Monkey
         [(3, 1)], [(3, 2)], [(3, 3)],  # the time term, once for each job
     ]  # fmt: skip
     assert run_family(MatchState(60), lambda: None) == expected
-    with journal() as (_, db):
-        state = MatchState(60, JournalJobs(db))
+    db = journal_db
+    state = MatchState(60, JournalJobs(db))
 
-        def evict() -> None:  # the family's jobs leave memory: a restart, then others
-            state.registry.flush()
-            state.registry = JobRegistry(60, JournalJobs(db))
-            for i in range(100, 110):
-                state.registry.observe(event("submit", i))
+    def evict() -> None:  # the family's jobs leave memory: a restart, then others
+        state.registry.flush()
+        state.registry = JobRegistry(60, JournalJobs(db))
+        for i in range(100, 110):
+            state.registry.observe(event("submit", i))
 
-        assert run_family(state, evict) == [*expected, *([(3, i)] for i in range(100, 110))]
+    assert run_family(state, evict) == [*expected, *([(3, i)] for i in range(100, 110))]
 
 
 # -- migration ----------------------------------------------------------------------------
