@@ -273,11 +273,17 @@ class Ops:
         }  # fmt: skip
 
     def publish_actions(self, req: RunRequest, result: RunResult) -> None:
-        for action in result.actions:
-            line = {
-                "op": "action", "seq": req.seq, "callback": req.callback.file,
-                "job_id": req.owner, "action": action.action, "target": action.target,
-            }  # fmt: skip
+        lines: list[Reply] = [
+            {"op": "action", "seq": req.seq, "callback": req.callback.file,
+             "job_id": req.owner, "action": a.action, "target": a.target}
+            for a in result.actions
+        ]  # fmt: skip
+        self.publish_lines(lines)
+
+    def publish_lines(self, lines: list[Reply]) -> None:
+        """Actions to the subscribers: live ones get them, catching-up ones hold them. In a
+        fleet they come from the journal, as any member's runs stored them (with `id`)."""
+        for line in lines:
             for conn, held in list(self.d.subscribers.items()):
                 if held is None:
                     self._send_bounded(conn, line)

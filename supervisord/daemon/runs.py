@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisord.core.matching import MatchState
+from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
 from supervisord.daemon.ops import Ops
 from supervisord.daemon.policies import Policies
@@ -30,6 +31,7 @@ class Runs:
     tails: set[Connection]
     stats: dict[str, Any]
     policies: Policies
+    settings: Settings
 
     async def query(self, fn: Callable[[Any, MatchState], Any]) -> Any:
         raise NotImplementedError
@@ -67,7 +69,7 @@ class Runs:
         )  # fmt: skip
         self.ops.record_duration(req.callback.file, result.ended - result.started, result.outcome)
         self.sequencer.submit(Finished(req, result))
-        if result.actions:
+        if result.actions and self.settings.journal == "sqlite":  # a fleet's: from the journal
             self.ops.publish_actions(req, result)
         if self.tails:
             self.ops.publish_tail(

@@ -113,8 +113,10 @@ class Daemon(Reloading, Runs):
             loop.add_signal_handler(signum, handler)
         await self._warm_runner()
         self.sequencer.submit(Tick())  # fire time triggers that passed while we were down
-        self.member = Member(self.settings, self.sequencer, self.scheduler)
-        self.member.start()  # a fleet's heartbeat and NOTIFY listener; nothing on SQLite
+        self.member = Member(
+            self.settings, self.sequencer, self.scheduler, self.query, self.ops.publish_lines
+        )
+        await self.member.start()  # a fleet's heartbeat and listener; nothing on SQLite
         log.info(
             "listening socket=%s callbacks=%d redelivered=%d max_connections=%d loop=%s"
             " role=%s",

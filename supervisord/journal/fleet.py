@@ -210,21 +210,24 @@ class Fleet(Leases):
         ).fetchall()
         return {str(c): int(n) for c, n in rows}
 
-    def _notify_pending(self) -> None:
-        """In the commit: wake the members if any run waits to be claimed."""
+    def _notify_pending(self, actions: bool = False) -> None:
+        """In the commit: wake the members if any run waits to be claimed, and tell them
+        of the runs' actions it stores (their subscribers read them from the journal)."""
         db = self._db
         assert db is not None
+        if actions:
+            self._notify(db, _channel(actions=True))
         db.execute(
             "SELECT pg_notify(?, '') WHERE EXISTS (SELECT 1 FROM runs WHERE state = 'pending')",
             (_channel(),),
         )
 
     @staticmethod
-    def _notify(db: Db) -> None:
-        db.execute("SELECT pg_notify(?, '')", (_channel(),))
+    def _notify(db: Db, channel: str = "") -> None:
+        db.execute("SELECT pg_notify(?, '')", (channel or _channel(),))
 
 
-def _channel() -> str:
-    from supervisord.journal.pg import CHANNEL
+def _channel(actions: bool = False) -> str:
+    from supervisord.journal.pg import ACTIONS, CHANNEL
 
-    return CHANNEL
+    return ACTIONS if actions else CHANNEL

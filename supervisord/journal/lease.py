@@ -31,7 +31,7 @@ class Leases:
     _db: Db | None
 
     @staticmethod
-    def _notify(db: Db) -> None:
+    def _notify(db: Db, channel: str = "") -> None:
         raise NotImplementedError
 
     # -- start and stop --------------------------------------------------------------------

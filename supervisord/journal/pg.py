@@ -30,7 +30,8 @@ log = logging.getLogger("supervisord.journal.sequencer")
 SCHEMA_VERSION: Final = 1
 # The advisory lock every write transaction holds (an arbitrary constant: "qbcb").
 WRITE_LOCK: Final = 0x71626362
-CHANNEL: Final = "qbcb_runs"
+CHANNEL: Final = "qbcb_runs"  # runs wait to be claimed
+ACTIONS: Final = "qbcb_actions"  # a commit stored runs' actions
 TABLES: Final = ("meta", "events", "runs", "actions", "jobs", "latches", "clock", "breakers",
                  "members")  # fmt: skip
 # INSERT OR REPLACE, per table: the conflict target and the columns it replaces.

@@ -1,10 +1,11 @@
-"""LISTEN for the fleet's "runs are waiting" notices on a connection of its own (SPEC §8).
+"""LISTEN for the fleet's notices on a connection of its own (SPEC §8).
 
-A member that made runs pending, or released a lost member's, sends NOTIFY in the commit
-that did it; this thread turns each notice into a wake-up of the sequencer, which claims
-what its free slots allow. An idle executor so starts a run within milliseconds of the
-commit that made it, not on the next heartbeat (which also claims, should a notice be
-missed while this connection was down).
+A member that made runs pending, or released a lost member's, sends NOTIFY on CHANNEL in
+the commit that did it; this thread turns each notice into a wake-up of the sequencer,
+which claims what its free slots allow. An idle executor so starts a run within
+milliseconds of the commit that made it, not on the next heartbeat (which also claims,
+should a notice be missed while this connection was down). A commit that stored a run's
+actions notifies ACTIONS: members with subscribers read them from the journal.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import Final
 
 from supervisord.journal.backend import redact
-from supervisord.journal.pg import BACKOFF_FIRST, BACKOFF_MAX, CHANNEL
+from supervisord.journal.pg import BACKOFF_FIRST, BACKOFF_MAX
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,13 @@ POLL: Final = 0.5
 
 
 class Listener:
-    """A daemon thread calling ``wake`` for each notice on CHANNEL, reconnecting with
+    """A daemon thread calling a channel's callback for each notice on it (and each of
+    them after every connect, for what came while nobody listened), reconnecting with
     backoff when the database goes away."""
 
-    def __init__(self, dsn: str, wake: Callable[[], None]) -> None:
+    def __init__(self, dsn: str, channels: dict[str, Callable[[], None]]) -> None:
         self._dsn = dsn
-        self._wake = wake
+        self._channels = channels
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="qb-listen", daemon=True)
 
@@ -47,12 +49,14 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    for channel in self._channels:
+                        conn.execute(f"LISTEN {channel}")
                     delay = BACKOFF_FIRST
-                    self._wake()  # what was made while nobody listened
+                    for wake in self._channels.values():
+                        wake()  # what came while nobody listened
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=POLL):
-                            self._wake()
+                        for notice in conn.notifies(timeout=POLL):
+                            self._channels.get(notice.channel, _ignore)()
             except psycopg.Error as exc:
                 log.warning(
                     "cannot listen for runs dsn=%s error=%s retry_in=%.1fs",
@@ -61,3 +65,7 @@ class Listener:
                 )  # fmt: skip
                 self._stop.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
+
+
+def _ignore() -> None:
+    """A notice on a channel nobody here asked for."""

@@ -134,6 +134,23 @@ def actions_since(db: Db, since: int) -> list[dict[str, Any]]:
     ]
 
 
+def actions_since_id(db: Db, after: int) -> list[dict[str, Any]]:
+    """Stored actions newer than action id ``after``, in order (a fleet's live feed)."""
+    rows = db.execute(
+        "SELECT action_id, seq, callback, job_id, action, target FROM actions"
+        " WHERE action_id > ? ORDER BY action_id",
+        (after,),
+    )
+    return [
+        {"op": "action", "id": a, "seq": s, "callback": c, "job_id": j, "action": v, "target": t}
+        for a, s, c, j, v, t in rows
+    ]
+
+
+def last_action_id(db: Db) -> int:
+    return int(db.execute("SELECT max(action_id) FROM actions").fetchone()[0] or 0)
+
+
 def prune(db: Db, before: float, chunk: int) -> int:
     """Forget finished runs and events older than `before`, at most `chunk` rows each."""
     n = db.execute(

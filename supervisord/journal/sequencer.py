@@ -276,7 +276,7 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
             if self.shared:
                 self._stamp(matched or bool(latches or clock), bool(breakers))
                 self._claim(batch)
-                self._notify_pending()
+                self._notify_pending(bool(batch.actions))
             changed = {k: v for k, v in self.counters.items() if self._stored[k] != v}
             if changed.keys() - store.EVENT_COUNTERS:
                 store.write_meta(db, changed)
