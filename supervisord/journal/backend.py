@@ -18,6 +18,11 @@ from supervisord.core.model import Settings
 JournalError = sqlite3.Error
 
 
+class Unreachable(sqlite3.OperationalError):
+    """A shared journal's database is known to be away and the next try to reach it is not
+    due yet: said in the log once per try (journal/pg.py), not once per refused batch."""
+
+
 class Cursor(Protocol):
     rowcount: int
 

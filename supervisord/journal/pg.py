@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from supervisord.core.errors import StoreError
-from supervisord.journal.backend import redact
+from supervisord.journal.backend import Unreachable, redact
 
 log = logging.getLogger("supervisord.journal.sequencer")
 
@@ -165,7 +165,7 @@ class PgJournal:
             return conn
         now = time.monotonic()
         if now < self._next_try:
-            raise sqlite3.OperationalError(
+            raise Unreachable(
                 f"the journal database is unreachable ({self._last_error}); next try in"
                 f" {self._next_try - now:.1f}s"
             )

@@ -17,7 +17,7 @@ from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
 from supervisord.core.timers import next_deadline
 from supervisord.journal import backend, reads, state, store
-from supervisord.journal.backend import JournalError
+from supervisord.journal.backend import JournalError, Unreachable
 from supervisord.journal.batch import (
     Batch,
     Finished,
@@ -290,7 +290,11 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
         return True
 
     def _journal_failed(self, exc: sqlite3.Error, events: int) -> None:
-        log.error("journal write failed error=%s events=%d", exc, events)
+        # A fleet's database known to be away is logged at each reconnect try (journal/pg.py)
+        log.log(
+            logging.DEBUG if isinstance(exc, Unreachable) else logging.ERROR,
+            "journal write failed error=%s events=%d", exc, events,
+        )  # fmt: skip
         self._last_error = str(exc)
         assert self._db is not None
         if self._db.in_transaction:

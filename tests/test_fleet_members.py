@@ -1,0 +1,54 @@
+"""Members joining and leaving (SPEC §8): a member name in use elsewhere is refused at
+start; a member killed and started again at once takes back, as redeliveries, the runs it
+had; one stopped cleanly shows `stopped` and hands back what it had not started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.daemon_harness import DEADLINE, Daemon, make_tree
+from tests.fleet_harness import Fleet, FleetDB, hold_script, job_event, stream, wait_records
+from tests.pgserver import wait_for
+
+LONG = hold_script("starts", "os.environ['QB_EVENT_ID']", "os.environ['QB_REDELIVERED']",
+                   "tag")  # fmt: skip
+
+
+def test_a_member_name_in_use_is_refused(pg_url: str) -> None:
+    with Fleet(pg_url, {"l.py": LONG}, "l.py = complete-job-self\n") as fleet:
+        first = fleet.add("all", name="render1")
+        root = fleet.base / "twin"
+        root.mkdir()
+        make_tree({}, "", fleet.qbconf("render1", "executor", ""), root=root)
+        twin = Daemon(root)
+        twin.start(wait_ready=False)
+        assert twin.proc is not None
+        assert twin.proc.wait(DEADLINE) == 78
+        log = twin.read_log()
+        assert f"member name 'render1' is in use by pid {first.pid}" in log, log
+        assert "give each daemon its own supervisor_callback_member" in log
+        twin.close()
+        assert first.is_alive()
+
+
+def test_a_member_restarted_after_kill9_takes_its_runs_back(pg_url: str) -> None:
+    with Fleet(pg_url, {"l.py": LONG}, "l.py = complete-job-self\n") as fleet:
+        front = fleet.add("intake")
+        worker = fleet.add("executor")
+        starts: Path = fleet.path("starts")
+        replies = stream(front.sock, [job_event(f"k{i}", 50 + i) for i in range(3)])
+        assert all(r["ok"] for r in replies)
+        wait_records(starts, lambda rs: len(rs) == 3, "3 runs started")
+        worker.kill9()
+        worker.start()  # at once: its old heartbeat is fresh, but its pid is gone
+        rows = wait_records(starts, lambda rs: len(rs) == 6, "3 runs started again")
+        assert sorted(r[:2] for r in rows[3:]) == [[f"k{i}", "1"] for i in range(3)]
+        fleet.path("release").touch()
+        db = FleetDB(pg_url)
+        try:
+            wait_for(lambda: db.unfinished() == 0, "every run finished")
+            worker.daemon.stop()
+            members = {m["member"]: m["state"] for m in db.members()}
+            assert members == {"m1": "up", "m2": "stopped"}
+        finally:
+            db.close()
