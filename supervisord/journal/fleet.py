@@ -17,7 +17,9 @@ its unfinished runs go back to ``pending`` as redeliveries (``QB_REDELIVERED=1``
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from supervisord.core.errors import StoreError
 from supervisord.core.matching import MatchState, Table
 from supervisord.core.model import Settings
 from supervisord.journal import state, store
-from supervisord.journal.backend import Db, member_name
+from supervisord.journal.backend import Db, JournalError, member_name
 from supervisord.journal.batch import Batch, Finished, Hold, Intake, Started
 from supervisord.journal.delivery import Book
 from supervisord.journal.lease import Leases
@@ -74,6 +76,18 @@ class Fleet(Leases):
     _stored: dict[str, int]
     _db: Db | None
     _last_error: str
+    _queue: queue.SimpleQueue[list[Any]]
+    _loop: asyncio.AbstractEventLoop
+
+    def _run_items(self, items: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _journal_failed(self, exc: JournalError, events: int) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, batch: Batch, deadline: float | None) -> None:
+        raise NotImplementedError
+
     _retained: list[Any]
 
     def _init_fleet(self) -> None:
@@ -82,6 +96,10 @@ class Fleet(Leases):
         self._gens: dict[str, str] = {}  # the stamps as of this member's last look
         self.lost_self = False  # the fleet declared this member lost (a long outage)
         self.claiming = True  # off once the daemon stops: what it claims it must start
+
+    def wake(self) -> None:
+        """Look for runs to claim soon: from any thread (the NOTIFY listener's)."""
+        self._queue.put([Wake()])
 
     # -- catching up -------------------------------------------------------------------------
 
@@ -112,6 +130,17 @@ class Fleet(Leases):
             assert self._db is not None
             store.write_meta(self._db, new)
             self._gens.update(new)
+
+    def _run_shared(self, items: list[Any]) -> None:
+        """A batch on a shared journal: a failed commit's run records first; a database
+        gone in the middle of it refuses it whole (`_refuse`), and the thread lives on."""
+        items, self._retained = self._retained + items, []
+        try:
+            self._run_items(items)
+        except JournalError as exc:
+            self._journal_failed(exc, 0)
+            self._gens = {}
+            self._loop.call_soon_threadsafe(self._deliver, self._refuse(items), None)
 
     def _refuse(self, items: list[Any]) -> Batch:
         """A batch the database took no part of: events refused as `unavailable`, queries

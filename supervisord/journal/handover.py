@@ -1,5 +1,6 @@
 """Work handed from the event loop to the sequencer's thread: gathered per loop iteration,
-run records allowed to wait a little for company, drained in one go by the thread."""
+run records allowed to wait a little for company, drained in one go by the thread; and
+what a commit hands back to the loop."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
-from supervisord.journal.batch import Finished, Started
+from supervisord.core.runtypes import RunRequest
+from supervisord.journal.batch import Batch, Finished, Started
 
 # Seconds run start/end records may wait for company before their commit (see _linger).
 RUN_RECORD_LINGER: Final = 0.02
@@ -29,6 +32,8 @@ class Handover:
     _outbox_lock: threading.Lock
     _soon: bool
     _later: bool
+    _on_commit: Callable[[list[RunRequest], float | None], None]
+    open_breakers: dict[str, dict[str, Any]]
 
     def submit(self, item: Any) -> None:
         """Queue work, from the loop thread. What one loop iteration submits goes over in
@@ -75,3 +80,21 @@ class Handover:
             if not all(isinstance(i, Started | Finished) for i in more):
                 self._drain(items)
                 return
+
+    def _deliver(self, batch: Batch, deadline: float | None) -> None:
+        """On the loop: replies go out, new runs are scheduled, queries resolve."""
+        if batch.breakers is not None:
+            self.open_breakers = batch.breakers
+        self._on_commit(batch.new_requests, deadline)
+        for future, value in batch.results:
+            if not future.done():
+                future.set_result(value)
+        for done, replies in batch.replies:
+            done(replies)
+        for future, value, exc in batch.queries:
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)

@@ -17,7 +17,7 @@ from supervisord.core.model import Settings
 from supervisord.core.runtypes import RunRequest
 from supervisord.core.timers import next_deadline
 from supervisord.journal import backend, reads, state, store
-from supervisord.journal.backend import JournalError, Unreachable
+from supervisord.journal.backend import Unreachable
 from supervisord.journal.batch import (
     Batch,
     Finished,
@@ -110,10 +110,6 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
                 store.write_meta(self._db, {**self.counters, "clean_shutdown": 1})
             self._db.close()
 
-    def wake(self) -> None:
-        """Look for runs to claim soon: from any thread (the NOTIFY listener's)."""
-        self._queue.put([Wake()])
-
     # -- the thread ------------------------------------------------------------------------
 
     def _main(self) -> None:
@@ -128,16 +124,10 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
                 return
 
     def _run_batch(self, items: list[Any]) -> None:
-        if not self.shared:
+        if self.shared:
+            self._run_shared(items)  # journal/fleet.py: a database that may go away
+        else:
             self._run_items(items)
-            return
-        items, self._retained = self._retained + items, []  # a failed commit's run records
-        try:
-            self._run_items(items)
-        except JournalError as exc:  # the database went away in the middle of the batch
-            self._journal_failed(exc, 0)
-            self._gens = {}
-            self._loop.call_soon_threadsafe(self._deliver, self._refuse(items), None)
 
     def _run_items(self, items: list[Any]) -> None:
         assert self._db is not None
@@ -330,21 +320,3 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
         self.state.latches.load(state.load_latches(db))
         self.state.clock.load(state.load_clock(db))
         self.book.load(db)
-
-    def _deliver(self, batch: Batch, deadline: float | None) -> None:
-        """On the loop: replies go out, new runs are scheduled, queries resolve."""
-        if batch.breakers is not None:
-            self.open_breakers = batch.breakers
-        self._on_commit(batch.new_requests, deadline)
-        for future, value in batch.results:
-            if not future.done():
-                future.set_result(value)
-        for done, replies in batch.replies:
-            done(replies)
-        for future, value, exc in batch.queries:
-            if future.done():
-                continue
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(value)
