@@ -4,6 +4,7 @@ had; one stopped cleanly shows `stopped` and hands back what it had not started.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.daemon_harness import DEADLINE, Daemon, make_tree
@@ -52,3 +53,19 @@ def test_a_member_restarted_after_kill9_takes_its_runs_back(pg_url: str) -> None
             assert members == {"m1": "up", "m2": "stopped"}
         finally:
             db.close()
+
+
+def loaded_psycopg(pid: int) -> bool:
+    """Whether the process mapped psycopg's compiled module (it is imported)."""
+    return "psycopg" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_postgresql_driver_is_loaded_only_by_a_fleet_member(
+    pg_url: str, daemon_factory: Callable[..., Daemon]
+) -> None:
+    lone = daemon_factory({"l.py": "pass\n"}, "l.py = complete-job-self\n")
+    assert lone.proc is not None and lone.request({"op": "status"})["ok"]
+    assert not loaded_psycopg(lone.proc.pid)  # SQLite: the driver is never imported
+    with Fleet(pg_url, {"l.py": "pass\n"}, "l.py = complete-job-self\n") as fleet:
+        member = fleet.add("all")
+        assert loaded_psycopg(member.pid)  # the same check sees it where it is
