@@ -199,3 +199,49 @@ async def test_a_sequencer_numbers_dedups_and_hands_out_runs(
         assert [(r["seq"], r["duplicate"]) for r in replies] == [(1, True), (3, False)]
     finally:
         await asyncio.to_thread(again.stop, True)
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("BEGIN IMMEDIATE", "BEGIN; SELECT pg_advisory_xact_lock(1902273378)"),
+        ("SELECT max(seq) FROM events", "SELECT max(seq) FROM qbcb_events"),
+        (
+            "SELECT r.run_id FROM runs r LEFT JOIN events e ON e.seq = r.seq WHERE r.seq = ?",
+            "SELECT r.run_id FROM qbcb_runs r LEFT JOIN qbcb_events e ON e.seq = r.seq"
+            " WHERE r.seq = %s",
+        ),
+        (
+            "DELETE FROM latches WHERE cb_key = ? AND owner IS ?",
+            "DELETE FROM qbcb_latches WHERE cb_key = %s AND owner IS NOT DISTINCT FROM %s",
+        ),
+        (
+            "INSERT OR REPLACE INTO clock VALUES (?, ?)",
+            "INSERT INTO qbcb_clock VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET"
+            " value = EXCLUDED.value",
+        ),
+        (
+            "UPDATE runs SET log = ? WHERE log LIKE '%x'",
+            "UPDATE qbcb_runs SET log = %s WHERE log LIKE '%%x'",
+        ),
+        ("SELECT 'runs_total' FROM meta", "SELECT 'runs_total' FROM qbcb_meta"),
+    ],
+)
+def test_statements_are_translated_for_postgresql(sql: str, expected: str) -> None:
+    from supervisord.journal.pg import translate
+
+    assert translate(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://qube:s3cret@db:5432/cb", "postgresql://qube:***@db:5432/cb"),
+        ("postgresql://qube@db/cb", "postgresql://qube@db/cb"),
+        ("host=db password=s3cret dbname=cb", "host=db password=*** dbname=cb"),
+    ],
+)
+def test_a_connection_string_is_logged_without_its_password(dsn: str, shown: str) -> None:
+    from supervisord.journal.backend import redact
+
+    assert redact(dsn) == shown
