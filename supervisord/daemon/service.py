@@ -96,8 +96,13 @@ class Daemon(Reloading, Runs):
         self.scheduler.note_seq(self.sequencer.counters["last_seq"])
         self.scheduler.submit(recovered)
         limit = connection_limit(self.settings)
-        if self.settings.role != "executor":  # an executor only runs callbacks (SPEC §8)
-            inherited = listen_fds(os.environ)
+        inherited = listen_fds(os.environ)
+        if self.settings.role == "executor" and inherited:  # it only runs callbacks (SPEC §8)
+            log.warning(
+                "an executor takes no events: the socket systemd passed is not used; stop"
+                " and disable qbcallbacks.socket on this host fd=%d", inherited[0].fileno(),
+            )  # fmt: skip
+        if self.settings.role != "executor":
             if inherited:
                 sock = inherited[0]
                 log.info("using inherited socket fd=%d", sock.fileno())
