@@ -84,3 +84,27 @@ def test_policy_concurrency_caps_the_callback_across_the_fleet(fleet: Fleet) -> 
     }  # fmt: skip
     waited = front.request({"op": "wait", "seq": replies[-1]["seq"], "timeout": DEADLINE})
     assert waited["done"] is True
+
+
+FLOOD = record_script("runs", "os.environ['QB_EVENT_ID']", "tag", "_t0", "time.time()",
+                      sleep=0.1, at_end=True)  # fmt: skip
+
+
+def test_a_flood_of_one_callback_does_not_keep_another_waiting(pg_url: str) -> None:
+    """Fair share across the fleet (SPEC §7.5, §8): 40 runs of flood.py are pending when
+    one run of other.py comes; the executor's next claims take the callbacks in turn."""
+    files = {"flood.py": FLOOD, "other.py": FLOOD}
+    conf = "flood.py = complete-job-self\nother.py = submit-job-self\n"
+    with Fleet(pg_url, files, conf, extra="supervisor_callback_concurrency = 1\n") as fleet:
+        front = fleet.add("intake")
+        fleet.add("executor")
+        flood = [job_event(f"f{i}", 300 + i) for i in range(40)]
+        assert all(r["ok"] for r in stream(front.sock, flood))
+        wait_records(fleet.path("runs"), lambda rs: len(rs) >= 2, "the flood under way")
+        newcomer = job_event("n0", 900, name="submit")
+        assert stream(front.sock, [newcomer])[0]["ok"]
+        rows = wait_records(
+            fleet.path("runs"), lambda rs: any(r[0] == "n0" for r in rs), "the newcomer's run"
+        )
+        before = [r[0] for r in rows].index("n0")  # 40 before fair share across the fleet
+        assert before <= 4, f"the newcomer ran after {before} flood runs: {rows}"

@@ -39,13 +39,21 @@ log = logging.getLogger("supervisord.journal.sequencer")
 
 # Seconds between heartbeats (at most; a short lease makes them more frequent).
 HEARTBEAT: Final = 1.0
-# Candidate runs read per claim, per free slot: room for fair share to pick among callbacks.
-CANDIDATES_PER_SLOT: Final = 4
 _NEWEST: Final = "@newest"
 _META_AND_NEWEST: Final = (
     f"SELECT key, value FROM meta UNION ALL SELECT '{_NEWEST}', max(seq)::text FROM events"
 )
 # A pending run whose job has no earlier unfinished run elsewhere (SPEC §3: per-job order).
+# The claimable runs: up to ? of each callback's oldest pending runs, the callbacks found
+# through the index one at a time (a flood of one callback is not read whole).
+_CANDIDATES: Final = (
+    "WITH RECURSIVE cbs(cb) AS ("
+    " (SELECT callback FROM runs WHERE state = 'pending' ORDER BY callback LIMIT 1)"
+    " UNION ALL SELECT (SELECT callback FROM runs WHERE state = 'pending'"
+    " AND callback > cbs.cb ORDER BY callback LIMIT 1) FROM cbs WHERE cbs.cb IS NOT NULL)"
+    " SELECT p.run_id FROM cbs, LATERAL (SELECT r.run_id FROM runs r"
+    " WHERE r.state = 'pending' AND r.callback = cbs.cb{order} ORDER BY r.run_id LIMIT ?) p"
+)
 _IN_ORDER: Final = (
     " AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.owner = r.owner AND o.seq < r.seq"
     " AND (o.state = 'pending' OR (o.state IN ('claimed', 'running')"
@@ -96,6 +104,7 @@ class Fleet(Leases):
         self._gens: dict[str, str] = {}  # the stamps as of this member's last look
         self.lost_self = False  # the fleet declared this member lost (a long outage)
         self.claiming = True  # off once the daemon stops: what it claims it must start
+        self._last_pick = ""  # the callback this member claimed last (fair share's turn)
 
     def wake(self) -> None:
         """Look for runs to claim soon: from any thread (the NOTIFY listener's)."""
@@ -173,17 +182,11 @@ class Fleet(Leases):
         free = self.settings.concurrency - int(held)
         if free <= 0:
             return
-        where = "r.state = 'pending'"
-        args: list[Any] = []
-        if self.settings.per_job_order:
-            where += _IN_ORDER
-            args.append(self.member)
+        order = _IN_ORDER if self.settings.per_job_order else ""
+        args = (self.member, free) if order else (free,)
+        where = f"r.run_id IN ({_CANDIDATES.format(order=order)})"
         rows = list(
-            store.run_rows(
-                db,
-                where + " ORDER BY r.run_id LIMIT ? FOR UPDATE OF r SKIP LOCKED",
-                (*args, free * CANDIDATES_PER_SLOT),
-            )
+            store.run_rows(db, where + " ORDER BY r.run_id FOR UPDATE OF r SKIP LOCKED", args)
         )
         chosen = self._fair(rows, free)
         if not chosen:
@@ -202,8 +205,9 @@ class Fleet(Leases):
                 batch.new_requests.append(request_of(row, cb, redelivered=row.attempts > 0))
 
     def _fair(self, rows: list[store.RunRow], free: int) -> list[tuple[store.RunRow, Any]]:
-        """Up to `free` of the candidates, callbacks in turn, each within its policy's
-        fleet-wide `concurrency` (SPEC §7.5, §8)."""
+        """Up to `free` of the candidates (each callback's oldest claimable runs), callbacks
+        in turn from the one after this member's last pick, each within its policy's
+        fleet-wide `concurrency` (SPEC §7.5, §8): a flood of one callback waits its turn."""
         queues: dict[str, deque[tuple[store.RunRow, Any]]] = {}
         room: dict[str, int] = {}
         running: dict[str, int] | None = None
@@ -218,15 +222,20 @@ class Fleet(Leases):
                         running = self._running_by_callback()
                     room[file] = max(0, cap - running.get(file, 0))
             queues[file].append((row, callback_or_reason(row.cb, self.table)))
+        names = sorted(queues)
+        turn = [n for n in names if n > self._last_pick] + [
+            n for n in names if n <= self._last_pick
+        ]
         chosen: list[tuple[store.RunRow, Any]] = []
-        while len(chosen) < free and queues:
-            for file in list(queues):
+        while len(chosen) < free and turn:
+            for file in list(turn):
                 if len(chosen) >= free:
                     break
                 if room.get(file, 1) <= 0 or not queues[file]:
-                    del queues[file]
+                    turn.remove(file)
                     continue
                 chosen.append(queues[file].popleft())
+                self._last_pick = file
                 if file in room:
                     room[file] -= 1
         return chosen

@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS qbcb_runs (
     due DOUBLE PRECISION, dead INTEGER NOT NULL DEFAULT 0, replayed INTEGER NOT NULL DEFAULT 0,
     left_running INTEGER NOT NULL DEFAULT 0, member TEXT);
 CREATE INDEX IF NOT EXISTS qbcb_runs_pending ON qbcb_runs(run_id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS qbcb_runs_pending_cb ON qbcb_runs(callback, run_id)
+    WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS qbcb_runs_unfinished ON qbcb_runs(run_id) WHERE state != 'finished';
 CREATE INDEX IF NOT EXISTS qbcb_runs_order ON qbcb_runs(owner, seq) WHERE state != 'finished';
 CREATE INDEX IF NOT EXISTS qbcb_runs_member ON qbcb_runs(member)
