@@ -8,7 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.daemon_harness import DEADLINE, Daemon, make_tree
-from tests.fleet_harness import Fleet, FleetDB, hold_script, job_event, stream, wait_records
+from tests.fleet_harness import (
+    Fleet,
+    FleetDB,
+    hold_script,
+    job_event,
+    record_script,
+    stream,
+    wait_records,
+)
 from tests.pgserver import wait_for
 
 LONG = hold_script("starts", "os.environ['QB_EVENT_ID']", "os.environ['QB_REDELIVERED']",
@@ -69,3 +77,28 @@ def test_postgresql_driver_is_loaded_only_by_a_fleet_member(
     with Fleet(pg_url, {"l.py": "pass\n"}, "l.py = complete-job-self\n") as fleet:
         member = fleet.add("all")
         assert loaded_psycopg(member.pid)  # the same check sees it where it is
+
+
+LATCH = record_script("latched", "os.environ['QB_EVENT_ID']", "tag")
+
+
+def test_two_intake_members_share_one_order_duplicates_and_latches(pg_url: str) -> None:
+    """One seq order, event_id duplicates and latches across members (SPEC §8): the two
+    halves of a compound trigger arrive at different members and fire it once."""
+    conf = "latch.py = submit-job-self && complete-job-self\n"
+    with Fleet(pg_url, {"latch.py": LATCH}, conf) as fleet:
+        a, b = fleet.add("all"), fleet.add("all")
+        first = a.request(job_event("d1", 5, name="submit"))
+        again = b.request(job_event("d1", 5, name="submit"))  # the same event, resent to b
+        assert again["duplicate"] is True and again["seq"] == first["seq"]
+        seqs = [
+            (a if i % 2 else b).request(job_event(f"s{i}", 100 + i, name="submit"))["seq"]
+            for i in range(10)
+        ]
+        assert seqs == list(range(first["seq"] + 1, first["seq"] + 11))  # one order
+        done = b.request(job_event("d2", 5))  # job 5's complete, at the other member
+        assert done["matched"] == ["latch.py"]
+        rows = wait_records(fleet.path("latched"), lambda rs: len(rs) >= 1, "the latch fired")
+        assert [r[0] for r in rows] == ["d2"]
+        late = a.request(job_event("d3", 5))  # fired once: the latch was reset fleet-wide
+        assert late["matched"] == []
