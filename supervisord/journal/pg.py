@@ -46,6 +46,8 @@ _UPSERT: Final = {
     " pid = EXCLUDED.pid, version = EXCLUDED.version, started = EXCLUDED.started,"
     " heartbeat = EXCLUDED.heartbeat, running = EXCLUDED.running, state = EXCLUDED.state",
 }
+# Parameters of the largest statement the journal makes (a 256-row jobs INSERT: 1,280).
+CACHED_PARAMS: Final = 2048
 BACKOFF_FIRST: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 
@@ -150,6 +152,8 @@ class PgJournal:
     def _connect(self) -> None:
         import psycopg
 
+        _cache_long_statements()
+
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
         except psycopg.Error as exc:
@@ -237,6 +241,26 @@ class PgJournal:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+def _cache_long_statements() -> None:
+    """Let psycopg keep its parse of the journal's many-row statements.
+
+    psycopg turns ``%s`` into ``$n`` in Python and caches the result only for statements of
+    at most 50 parameters; the journal's 256-row INSERTs have 1,024 and more, and parsing
+    them again at every execution took a third of the journal thread's time (py-spy,
+    workload I). There are few such statements, all built once (store.py, state.py): the
+    limit is raised for them. ``MAX_CACHED_STATEMENT_PARAMS`` is psycopg's own module
+    constant (``psycopg._queries``), read at each execution; where a release lacks it,
+    nothing changes but the speed.
+    """
+    from psycopg import _queries
+
+    if getattr(_queries, "MAX_CACHED_STATEMENT_PARAMS", 0) < CACHED_PARAMS:
+        _queries.MAX_CACHED_STATEMENT_PARAMS = CACHED_PARAMS
+        _queries.MAX_CACHED_STATEMENT_LENGTH = max(
+            getattr(_queries, "MAX_CACHED_STATEMENT_LENGTH", 0), 64 * 1024
+        )
 
 
 def _first_line(exc: Exception) -> str:
