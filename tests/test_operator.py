@@ -30,6 +30,9 @@ def test_metrics_are_prometheus_text(daemon_factory: Callable[..., Daemon]) -> N
     assert "qbcallbacks_runs_failed_total 1" in lines
     assert 'qbcallbacks_callback_failed_total{callback="a.py"} 1' in lines
     assert "# TYPE qbcallbacks_runs_total counter" in lines
+    # A fleet of one on SQLite: this daemon, up, with its heartbeat age (SPEC §8).
+    member = [ln for ln in lines if ln.startswith("qbcallbacks_member_heartbeat_age_seconds{")]
+    assert len(member) == 1 and 'role="all",state="up"} 0.0' in member[0], member
 
 
 def test_tail_streams_spawned_and_exited(daemon_factory: Callable[..., Daemon]) -> None:

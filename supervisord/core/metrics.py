@@ -48,4 +48,16 @@ def render(status: dict[str, Any]) -> str:
     lines += [
         f'{metric}{{callback="{_label(b["callback"])}"}} 1' for b in status.get("breakers", [])
     ]
+    fleet = status.get("fleet", [])
+    for metric, key, text in (
+        ("qbcallbacks_member_heartbeat_age_seconds", "heartbeat_age_s",
+         "seconds since the member's last heartbeat (SPEC §8)"),
+        ("qbcallbacks_member_running", "running", "runs the member reported running"),
+    ):  # fmt: skip
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
+        lines += [
+            f'{metric}{{member="{_label(str(m["member"]))}",role="{_label(str(m["role"]))}",'
+            f'state="{_label(str(m.get("state", "up")))}"}} {m[key]}'
+            for m in fleet
+        ]
     return "\n".join(lines) + "\n"
