@@ -123,22 +123,19 @@ def replay_sources(db: Db, selector: dict[str, Any], limit: int) -> list[int]:
 
 
 def actions_since(db: Db, since: int) -> list[dict[str, Any]]:
-    rows = db.execute(
-        "SELECT action_id, seq, callback, job_id, action, target FROM actions"
-        " WHERE seq > ? ORDER BY action_id",
-        (since,),
-    )
-    return [
-        {"op": "action", "id": a, "seq": s, "callback": c, "job_id": j, "action": v, "target": t}
-        for a, s, c, j, v, t in rows
-    ]
+    """Stored actions of events after seq ``since`` (`subscribe` with `since`)."""
+    return _actions(db, "seq", since)
 
 
 def actions_since_id(db: Db, after: int) -> list[dict[str, Any]]:
     """Stored actions newer than action id ``after``, in order (a fleet's live feed)."""
+    return _actions(db, "action_id", after)
+
+
+def _actions(db: Db, column: str, after: int) -> list[dict[str, Any]]:
     rows = db.execute(
         "SELECT action_id, seq, callback, job_id, action, target FROM actions"
-        " WHERE action_id > ? ORDER BY action_id",
+        f" WHERE {column} > ? ORDER BY action_id",
         (after,),
     )
     return [
