@@ -95,6 +95,9 @@ def test_globaltime_fires_a_second_later_without_a_job(
     assert d.request({"op": "reload"}) == {"ok": True, "callbacks": 1}
     line = wait_for_file(d.root / "fired.txt")
     assert line.split("|") == ["-", f"globaltime-{when}", "-\n"]
+    # The file is written while the run is still going: its end is recorded after it.
+    seq = d.request({"op": "status"})["last_seq"]
+    assert d.request({"op": "wait", "seq": seq, "timeout": DEADLINE})["done"]
     runs = d.request({"op": "history", "callback": "rec.py"})["runs"]
     assert len(runs) == 1 and runs[0]["job_id"] is None and runs[0]["outcome"] == "ok"
 
