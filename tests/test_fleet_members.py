@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.daemon_harness import DEADLINE, Daemon, make_tree
 from tests.fleet_harness import (
     Fleet,
@@ -102,3 +104,33 @@ def test_two_intake_members_share_one_order_duplicates_and_latches(pg_url: str) 
         assert [r[0] for r in rows] == ["d2"]
         late = a.request(job_event("d3", 5))  # fired once: the latch was reset fleet-wide
         assert late["matched"] == []
+
+
+def test_a_member_starts_while_its_database_is_away_and_joins_when_it_answers() -> None:
+    """No crash loop under systemd (SPEC §8): READY without the database, events refused
+    as `unavailable` meanwhile, then the tables made, the member joined, events run."""
+    from tests.pgserver import PgServer, driver_missing, find_bindir
+
+    bindir, why = find_bindir()
+    if bindir is None or driver_missing():
+        pytest.skip(why or driver_missing())
+    server = PgServer(bindir).start()
+    try:
+        url = server.create_db("late")
+        server.stop()
+        with Fleet(url, {"r.py": LATCH}, "r.py = complete-job-self\n") as fleet:
+            member = fleet.add("all")  # READY=1 while the database is away
+            refused = member.request(job_event("w1", 1))
+            assert refused["ok"] is False and refused["error"]["code"] == "unavailable"
+            server.restart()
+
+            def accepted() -> dict[str, object] | None:
+                reply = member.request(job_event("w2", 2))
+                return reply if reply["ok"] else None
+
+            reply = wait_for(accepted, "an event accepted once the database is back")
+            assert reply["seq"] == 1  # the refused one was never stored
+            wait_records(fleet.path("latched"), lambda rs: len(rs) == 1, "its run")
+            assert member.is_alive()
+    finally:
+        server.destroy()

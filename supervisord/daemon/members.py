@@ -56,7 +56,10 @@ class Member:
         from supervisord.journal.pg import ACTIONS, CHANNEL
         from supervisord.journal.pglisten import Listener
 
-        self._mark = await self._query(lambda db, _state: reads.last_action_id(db))
+        try:
+            self._mark = await self._query(lambda db, _state: reads.last_action_id(db))
+        except Exception:  # the database is away: the feed starts when it is back
+            self._mark = None
         loop = asyncio.get_running_loop()
 
         def actions_stored() -> None:  # on the listener's thread
@@ -83,7 +86,10 @@ class Member:
         self._reading = asyncio.ensure_future(self._read_actions())
 
     def _newer_actions(self, db: Any, _state: Any) -> list[dict[str, Any]]:
-        return reads.actions_since_id(db, self._mark or 0)
+        if self._mark is None:  # started while the database was away: from now on
+            self._mark = reads.last_action_id(db)
+            return []
+        return reads.actions_since_id(db, self._mark)
 
     async def _read_actions(self) -> None:
         try:

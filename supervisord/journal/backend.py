@@ -66,13 +66,12 @@ def redact(dsn: str) -> str:
 
 def connect(settings: Settings) -> Db:
     """Open this daemon's journal: SQLite in the state directory, or the PostgreSQL
-    database named by supervisor_callback_journal (waiting for it, with backoff)."""
+    database named by supervisor_callback_journal, reached at its first statement (a fleet
+    member starts while its database is away: journal/fleet.py joins when it answers)."""
     if not is_shared(settings):
         from supervisord.journal import store
 
         return store.connect(settings.state_dir, settings.journal_sync)
     from supervisord.journal import pg
 
-    db = pg.PgJournal(settings.journal, wait=True)
-    pg.create(db)
-    return db
+    return pg.PgJournal(settings.journal, lazy=True)

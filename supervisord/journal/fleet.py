@@ -85,6 +85,7 @@ class Fleet(Leases):
     _db: Db | None
     _last_error: str
     _queue: queue.SimpleQueue[list[Any]]
+    _id_prefix: str
     _loop: asyncio.AbstractEventLoop
 
     def _run_items(self, items: list[Any]) -> None:
@@ -96,6 +97,9 @@ class Fleet(Leases):
     def _deliver(self, batch: Batch, deadline: float | None) -> None:
         raise NotImplementedError
 
+    def _load_state(self, db: Db) -> None:
+        raise NotImplementedError
+
     _retained: list[Any]
 
     def _init_fleet(self) -> None:
@@ -105,6 +109,7 @@ class Fleet(Leases):
         self.lost_self = False  # the fleet declared this member lost (a long outage)
         self.claiming = True  # off once the daemon stops: what it claims it must start
         self._last_pick = ""  # the callback this member claimed last (fair share's turn)
+        self.joined = False  # tables made, member registered, state read (see _join)
 
     def wake(self) -> None:
         """Look for runs to claim soon: from any thread (the NOTIFY listener's)."""
@@ -145,11 +150,49 @@ class Fleet(Leases):
         gone in the middle of it refuses it whole (`_refuse`), and the thread lives on."""
         items, self._retained = self._retained + items, []
         try:
+            if not self.joined and not self._join(at_start=False):
+                self._loop.call_soon_threadsafe(self._deliver, self._refuse(items), None)
+                return
             self._run_items(items)
         except JournalError as exc:
             self._journal_failed(exc, 0)
             self._gens = {}
             self._loop.call_soon_threadsafe(self._deliver, self._refuse(items), None)
+
+    def _join(self, *, at_start: bool) -> bool:
+        """Create the tables if missing, join the fleet, read the counters and state. A
+        database that does not answer leaves the member serving, refusing events, until
+        a batch finds it back; a schema newer than ours stops a start (exit 78) and, found
+        later, keeps refusing, said in the log."""
+        db = self._db
+        assert db is not None
+        from supervisord.journal import pg
+
+        try:
+            assert isinstance(db, pg.PgJournal)
+            pg.create(db)
+            self._open_shared()
+            self.counters = store.read_counters(db)
+            self._stored = dict(self.counters)
+            self._id_prefix = store.id_prefix(db)
+            self._load_state(db)
+        except StoreError as exc:
+            if at_start:
+                raise
+            self._last_error = str(exc)
+            log.critical("cannot join the fleet: %s", exc)
+            return False
+        except JournalError as exc:
+            self._last_error = str(exc)
+            if at_start:
+                log.warning(
+                    "journal database unreachable at start: serving, events refused until"
+                    " it answers error=%s", exc,
+                )  # fmt: skip
+            return False
+        self.joined = True
+        self._gens = {}
+        return True
 
     def _refuse(self, items: list[Any]) -> Batch:
         """A batch the database took no part of: events refused as `unavailable`, queries

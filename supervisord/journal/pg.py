@@ -122,7 +122,9 @@ def translate(sql: str) -> str:
 class PgJournal:
     """A journal connection on PostgreSQL with sqlite3.Connection's manners (see above)."""
 
-    def __init__(self, dsn: str, *, wait: bool = False) -> None:
+    def __init__(self, dsn: str, *, wait: bool = False, lazy: bool = False) -> None:
+        """Connected at once (waiting for the database with ``wait``, else StoreError), or,
+        ``lazy``, at the first statement, with the same backoff as a reconnection."""
         self.dsn = dsn
         self._conn: Any = None
         self._sql: dict[str, str] = {}
@@ -130,7 +132,8 @@ class PgJournal:
         self._next_try = 0.0
         self._last_error = ""
         self.reconnected = False  # set on each new connection; the sequencer clears it
-        self._open(wait)
+        if not lazy:
+            self._open(wait)
 
     # -- connection ------------------------------------------------------------------------
 

@@ -82,14 +82,13 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
         """Open the journal, load state; returns the runs to redeliver. Blocking, at start."""
         self._db = db = backend.connect(self.settings)
         if self.shared:  # a fleet: runs are claimed, not recovered (journal/fleet.py)
-            self._open_shared()
+            self._join(at_start=True)
+            return []
         self.counters = store.read_counters(db)
         self._stored = dict(self.counters)  # as in the journal: commits write what changed
         self.clean_start = store.read_flag(db, "clean_shutdown") != "0"
         self._id_prefix = store.id_prefix(db)
         self._load_state(db)
-        if self.shared:
-            return []
         store.write_meta(db, {"clean_shutdown": 0})
         return recover_runs(db, self.table, self.clean_start)
 
@@ -105,7 +104,8 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
             self._thread.join()
         if self._db is not None:
             if clean and self.shared:
-                self._leave()
+                if self.joined:
+                    self._leave()
             elif clean:
                 store.write_meta(self._db, {**self.counters, "clean_shutdown": 1})
             self._db.close()
