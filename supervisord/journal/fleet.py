@@ -159,41 +159,6 @@ class Fleet(Leases):
             self._gens = {}
             self._loop.call_soon_threadsafe(self._deliver, self._refuse(items), None)
 
-    def _join(self, *, at_start: bool) -> bool:
-        """Create the tables if missing, join the fleet, read the counters and state. A
-        database that does not answer leaves the member serving, refusing events, until
-        a batch finds it back; a schema newer than ours stops a start (exit 78) and, found
-        later, keeps refusing, said in the log."""
-        db = self._db
-        assert db is not None
-        from supervisord.journal import pg
-
-        try:
-            assert isinstance(db, pg.PgJournal)
-            pg.create(db)
-            self._open_shared()
-            self.counters = store.read_counters(db)
-            self._stored = dict(self.counters)
-            self._id_prefix = store.id_prefix(db)
-            self._load_state(db)
-        except StoreError as exc:
-            if at_start:
-                raise
-            self._last_error = str(exc)
-            log.critical("cannot join the fleet: %s", exc)
-            return False
-        except JournalError as exc:
-            self._last_error = str(exc)
-            if at_start:
-                log.warning(
-                    "journal database unreachable at start: serving, events refused until"
-                    " it answers error=%s", exc,
-                )  # fmt: skip
-            return False
-        self.joined = True
-        self._gens = {}
-        return True
-
     def _refuse(self, items: list[Any]) -> Batch:
         """A batch the database took no part of: events refused as `unavailable`, queries
         failed, run records kept for the next batch (a run's end is never dropped)."""

@@ -13,6 +13,7 @@ from typing import Any, Final
 from supervisord import __version__
 from supervisord.core.errors import StoreError
 from supervisord.core.model import Settings
+from supervisord.journal import store
 from supervisord.journal.backend import Db, JournalError, member_name
 from supervisord.journal.delivery import Book
 
@@ -28,13 +29,57 @@ class Leases:
     book: Book
     member: str
     lost_self: bool
+    joined: bool
+    counters: dict[str, int]
+    _stored: dict[str, int]
+    _id_prefix: str
+    _last_error: str
+    _gens: dict[str, str]
     _db: Db | None
+
+    def _load_state(self, db: Db) -> None:
+        raise NotImplementedError
 
     @staticmethod
     def _notify(db: Db, channel: str = "") -> None:
         raise NotImplementedError
 
     # -- start and stop --------------------------------------------------------------------
+
+    def _join(self, *, at_start: bool) -> bool:
+        """Create the tables if missing, join the fleet, read the counters and state. A
+        database that does not answer leaves the member serving, refusing events, until
+        a batch finds it back; a schema newer than ours stops a start (exit 78) and, found
+        later, keeps refusing, said in the log."""
+        db = self._db
+        assert db is not None
+        from supervisord.journal import pg
+
+        try:
+            assert isinstance(db, pg.PgJournal)
+            pg.create(db)
+            self._open_shared()
+            self.counters = store.read_counters(db)
+            self._stored = dict(self.counters)
+            self._id_prefix = store.id_prefix(db)
+            self._load_state(db)
+        except StoreError as exc:
+            if at_start:
+                raise
+            self._last_error = str(exc)
+            log.critical("cannot join the fleet: %s", exc)
+            return False
+        except JournalError as exc:
+            self._last_error = str(exc)
+            if at_start:
+                log.warning(
+                    "journal database unreachable at start: serving, events refused until"
+                    " it answers error=%s", exc,
+                )  # fmt: skip
+            return False
+        self.joined = True
+        self._gens = {}
+        return True
 
     def _open_shared(self) -> None:
         """Join the fleet: refuse a name in use, take back what a previous run of this
