@@ -15,6 +15,12 @@ from supervisord.journal.backend import Db
 Reply = dict[str, Any]
 
 
+def refusal(reason: str) -> Reply:
+    """The reply to an event the journal could not store: nothing is acknowledged."""
+    message = f"the journal cannot be written: {reason}"
+    return {"ok": False, "error": {"code": "unavailable", "message": message}}
+
+
 @dataclass(slots=True)
 class Intake:
     """Validated events from one read of one connection; `done` gets one reply each."""

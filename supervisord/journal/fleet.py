@@ -26,12 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from supervisord.core.errors import StoreError
-from supervisord.core.matching import MatchState, Table
-from supervisord.core.model import Settings
-from supervisord.journal import state, store
+from supervisord.core.matching import Table
+from supervisord.journal import store
 from supervisord.journal.backend import Db, JournalError, member_name
-from supervisord.journal.batch import Batch, Finished, Hold, Intake, Started
-from supervisord.journal.delivery import Book
+from supervisord.journal.batch import Batch, Finished, Hold, Intake, Started, refusal
 from supervisord.journal.lease import Leases
 from supervisord.journal.recovery import MAX_ATTEMPTS, callback_or_reason, request_of
 
@@ -76,16 +74,8 @@ class Heartbeat:
 class Fleet(Leases):
     """Claims, leases and catching up, inside the sequencer's batch (its thread only)."""
 
-    settings: Settings
     table: Table
-    state: MatchState
-    book: Book
-    counters: dict[str, int]
-    _stored: dict[str, int]
-    _db: Db | None
-    _last_error: str
     _queue: queue.SimpleQueue[list[Any]]
-    _id_prefix: str
     _loop: asyncio.AbstractEventLoop
 
     def _run_items(self, items: list[Any]) -> None:
@@ -97,7 +87,7 @@ class Fleet(Leases):
     def _deliver(self, batch: Batch, deadline: float | None) -> None:
         raise NotImplementedError
 
-    def _load_state(self, db: Db) -> None:
+    def _load_match(self, db: Db) -> None:
         raise NotImplementedError
 
     _retained: list[Any]
@@ -129,10 +119,7 @@ class Fleet(Leases):
         self._stored = dict(self.counters)
         gens = {k: rows.get(k) for k in ("mgen", "bgen")}
         if gens.get("mgen") != self._gens.get("mgen"):
-            self.state = MatchState(self.settings.job_retention, state.JournalJobs(db))
-            if self.settings.role != "executor":  # an executor matches nothing: jobs only
-                self.state.latches.load(state.load_latches(db))
-                self.state.clock.load(state.load_clock(db))
+            self._load_match(db)
         if gens.get("bgen") != self._gens.get("bgen"):
             self.book.load(db, restart=False)
         self._gens = {k: v for k, v in gens.items() if v is not None}
@@ -162,17 +149,20 @@ class Fleet(Leases):
     def _refuse(self, items: list[Any]) -> Batch:
         """A batch the database took no part of: events refused as `unavailable`, queries
         failed, run records kept for the next batch (a run's end is never dropped)."""
-        message = f"the journal cannot be written: {self._last_error}"
+        error = refusal(self._last_error)
+        failed = StoreError(error["error"]["message"])
         batch = Batch()
+        self._retain(items)
         for item in items:
             if isinstance(item, Intake):
-                error = {"ok": False, "error": {"code": "unavailable", "message": message}}
                 batch.replies.append((item.done, [error] * len(item.events)))
-            elif isinstance(item, Started | Finished | Hold):
-                self._retained.append(item)
             elif hasattr(item, "future"):  # Query, Replay, Resume
-                batch.queries.append((item.future, None, StoreError(message)))
+                batch.queries.append((item.future, None, failed))
         return batch
+
+    def _retain(self, items: list[Any]) -> None:
+        """Keep the run records of a batch that was not stored, for the next one."""
+        self._retained += [i for i in items if isinstance(i, Started | Finished | Hold)]
 
     # -- claims ------------------------------------------------------------------------------
 

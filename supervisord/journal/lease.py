@@ -89,11 +89,7 @@ class Leases:
         db.execute("BEGIN IMMEDIATE")
         try:
             self._refuse_taken_name(db)
-            released = db.execute(
-                "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
-                " WHERE member = ? AND state IN ('claimed', 'running')",
-                (self.member,),
-            ).rowcount
+            released = _release(db, self.member)
             db.execute(
                 f"INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, 0, 'up')",
                 (self.member, self.settings.role, socket.gethostname(), os.getpid(), __version__),
@@ -172,11 +168,7 @@ class Leases:
             ).fetchall()
         ]
         for member in lost:
-            n = db.execute(
-                "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
-                " WHERE member = ? AND state IN ('claimed', 'running')",
-                (member,),
-            ).rowcount
+            n = _release(db, member)
             db.execute("UPDATE members SET state = 'lost' WHERE member = ?", (member,))
             log.warning("member lost member=%s lease=%.0fs runs_redelivered=%d",
                         member, self.settings.lease, n)  # fmt: skip
@@ -201,6 +193,18 @@ def fleet_view(db: Db, settings: Settings, running: int) -> list[dict[str, Any]]
          "running": int(n), "version": v, "state": s}
         for m, r, h, p, a, n, v, s in rows
     ]  # fmt: skip
+
+
+def _release(db: Db, member: str) -> int:
+    """A gone member's claimed and running runs back to pending, each a redelivery (it
+    may have started); how many."""
+    return int(
+        db.execute(
+            "UPDATE runs SET state = 'pending', attempts = greatest(attempts, 1)"
+            " WHERE member = ? AND state IN ('claimed', 'running')",
+            (member,),
+        ).rowcount
+    )
 
 
 def _alive(pid: int) -> bool:

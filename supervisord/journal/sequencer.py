@@ -21,11 +21,11 @@ from supervisord.journal.backend import Unreachable
 from supervisord.journal.batch import (
     Batch,
     Finished,
-    Hold,
     Intake,
     Query,
     Started,
     Tick,
+    refusal,
 )
 from supervisord.journal.delivery import Book
 from supervisord.journal.fleet import Fleet, Heartbeat, Wake
@@ -172,7 +172,7 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
                 self.counters = saved
                 self._fail(batch, saved["last_seq"])
                 if self.shared:  # the runs' starts and ends are not lost with the batch
-                    self._retained = [i for i in items if isinstance(i, Started | Finished | Hold)]
+                    self._retain(items)
         elif readable:
             self._end_read()
         for query in queries:  # after the commit: a query sees every write queued before it
@@ -298,8 +298,8 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
         Only a duplicate of an event stored before (seq up to ``stored_seq``) keeps its
         reply; a duplicate of one in the failed batch names a seq that was never stored."""
         assert self._db is not None
-        message = f"the journal cannot be written: {self._last_error}"
-        error = {"ok": False, "error": {"code": "unavailable", "message": message}}
+        error = refusal(self._last_error)
+        message = error["error"]["message"]
         batch.replies = [
             (done, [r if r.get("duplicate") and r["seq"] <= stored_seq else error for r in rs])
             for done, rs in batch.replies
@@ -315,8 +315,12 @@ class Sequencer(Handover, Numbering, PolicyRuns, Fleet):
             self._load_state(self._db)
 
     def _load_state(self, db: backend.Db) -> None:
+        self._load_match(db)
+        self.book.load(db)
+
+    def _load_match(self, db: backend.Db) -> None:
         # Jobs stay in the journal: the registry reads them there, caching only hot ones.
         self.state = MatchState(self.settings.job_retention, state.JournalJobs(db))
-        self.state.latches.load(state.load_latches(db))
-        self.state.clock.load(state.load_clock(db))
-        self.book.load(db)
+        if self.settings.role != "executor":  # an executor matches nothing: jobs only
+            self.state.latches.load(state.load_latches(db))
+            self.state.clock.load(state.load_clock(db))
